@@ -1,0 +1,1 @@
+"""Tiles to models and verdicts: dataset, SSCNet models, training, evaluation."""
