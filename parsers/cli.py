@@ -7,6 +7,7 @@ line each; Ctrl-C exits 130. Bugs still show a traceback, on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -23,10 +24,8 @@ EXIT_INTERRUPTED = 130
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     stream = file if file is not None else sys.stderr
-    try:
+    with contextlib.suppress(OSError, ValueError):
         stream.write(f"warning: {message}\n")
-    except (OSError, ValueError):
-        pass
 
 
 def run_main(
