@@ -1,0 +1,280 @@
+"""The offline demo: the real DVC pipeline, end to end, against archives served on 127.0.0.1.
+
+``python -m pipeline.demo [--workdir DIR]`` writes a small synthetic ESA-PSA-style VIRTIS archive
+and a synthetic Sentinel-2 STAC catalogue under ``DIR/archive``, serves both on 127.0.0.1, builds a
+DVC workspace under ``DIR/workspace`` (a copy of ``dvc.yaml``, the project's packages and a
+``params.yaml`` derived from the repository's with the base URLs pointed at the local servers and
+tiny sizes), ``git init`` + ``dvc init`` + one commit there (so ``dvc exp run`` works too) and runs
+``dvc repro``. Every stage, including the real download code, runs. The last line printed is the
+path of the evaluation report.
+
+The workspace keeps all stage outputs (tiles, checkpoints, metrics, plots, reports); afterwards,
+``cd DIR/workspace`` and try ``dvc status``, ``dvc metrics show``, ``dvc plots show`` or
+``dvc exp run -S train.virtis.epochs=3`` (the download stages then need the servers again:
+rerun the demo with the same ``--workdir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from parsers.cli import cli_entry
+from parsers.errors import UserError
+
+#: The checkout this module belongs to (it holds dvc.yaml and params.yaml).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: What a workspace needs besides params.yaml: the pipeline definition and the code that
+#: the stages' ``deps`` name (so DVC hashes exactly the code the stages run).
+PROJECT_FILES = ("dvc.yaml", ".dvcignore")
+PACKAGES = ("parsers", "pipeline", "training")
+SOURCES = ("virtis", "sentinel2")
+
+#: Placeholders in override values, filled with the local servers' URLs.
+PDS_URL = "{pds_url}"
+STAC_URL = "{stac_url}"
+
+
+@dataclass(frozen=True)
+class ArchiveSizes:
+    """Size of the synthetic archives the demo serves."""
+
+    virtis_products: int = 3
+    virtis_bands: int = 432
+    virtis_samples: int = 64
+    virtis_lines: int = 96
+    sentinel2_items: int = 3
+    sentinel2_size: int = 192
+
+
+#: Demo settings, as dotted keys of params.yaml. Every key must already exist in the
+#: repository's params.yaml (derive_params refuses new keys: the stage loaders are strict).
+DEMO_OVERRIDES: dict[str, Any] = {}
+
+#: Even smaller settings for the end-to-end test (applied on top of DEMO_OVERRIDES).
+TEST_OVERRIDES: dict[str, Any] = {}
+
+DEMO_SIZES = ArchiveSizes()
+TEST_SIZES = ArchiveSizes(
+    virtis_products=2, virtis_bands=432, virtis_samples=32, virtis_lines=48,
+    sentinel2_items=2, sentinel2_size=96,
+)
+
+
+def derive_params(
+    base: Mapping[str, Any], overrides: Mapping[str, Any], urls: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return a deep copy of ``base`` with dotted ``overrides`` applied.
+
+    String values may hold ``{pds_url}`` / ``{stac_url}``, filled from ``urls``. A dotted key
+    that does not already exist in ``base`` is an error, so the demo can never invent a setting
+    that the stages' strict loaders would reject.
+    """
+    params = copy.deepcopy(dict(base))
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = params
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"demo override '{dotted}': params.yaml has no section '{part}'")
+            node = node[part]
+        if not isinstance(node, dict) or leaf not in node:
+            raise UserError(f"demo override '{dotted}': params.yaml has no key '{leaf}'")
+        if isinstance(value, str) and urls:
+            value = value.format(**urls)
+        node[leaf] = value
+    return params
+
+
+def build_archives(root: Path, sizes: ArchiveSizes = DEMO_SIZES, seed: int = 0) -> tuple[Path, Path]:
+    """Write the synthetic PSA archive and STAC catalogue under ``root``; return both roots."""
+    from pipeline.servers.stac import build_stac_catalogue
+    from pipeline.synthetic_archive import build_psa_archive
+
+    psa_root = root / "psa"
+    stac_root = root / "stac"
+    if not (psa_root / ".complete").exists():
+        shutil.rmtree(psa_root, ignore_errors=True)
+        build_psa_archive(
+            psa_root, datasets=[DEMO_DATASET], channels=["VIRTIS_M_VIS"],
+            products_per_dataset=sizes.virtis_products, bands=sizes.virtis_bands,
+            samples=sizes.virtis_samples, lines=sizes.virtis_lines, seed=seed,
+        )
+        (psa_root / ".complete").touch()
+    if not (stac_root / ".complete").exists():
+        shutil.rmtree(stac_root, ignore_errors=True)
+        build_stac_catalogue(stac_root, n_items=sizes.sentinel2_items, size=sizes.sentinel2_size)
+        (stac_root / ".complete").touch()
+    return psa_root, stac_root
+
+
+#: The data set the synthetic archive holds (one mission phase, calibrated, like the real default).
+DEMO_DATASET = "RO-C-VIRTIS-3-ESC1-MTP010-V2.0"
+
+
+@contextlib.contextmanager
+def serving(psa_root: Path, stac_root: Path) -> Iterator[dict[str, str]]:
+    """Serve both archives on 127.0.0.1 for the duration of the block; yield their URLs."""
+    from pipeline.servers.stac import serve_stac_catalogue
+    from pipeline.servers.static import serve_directory
+
+    with serve_directory(psa_root) as pds_url, serve_stac_catalogue(stac_root) as stac_url:
+        yield {"pds_url": str(pds_url), "stac_url": str(stac_url)}
+
+
+def stage_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for ``dvc`` and its stage commands.
+
+    ``python`` in the stage commands must be this interpreter (the one with the project's
+    dependencies), loopback traffic must bypass proxies, and DVC must not phone home.
+    """
+    env = dict(os.environ if base is None else base)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, *[p for p in env.get("PATH", "").split(os.pathsep) if p]])
+    for key in ("NO_PROXY", "no_proxy"):
+        hosts = [h for h in env.get(key, "").split(",") if h]
+        env[key] = ",".join(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.setdefault("GIT_AUTHOR_NAME", "sscnet demo")
+    env.setdefault("GIT_AUTHOR_EMAIL", "demo@localhost")
+    env.setdefault("GIT_COMMITTER_NAME", env["GIT_AUTHOR_NAME"])
+    env.setdefault("GIT_COMMITTER_EMAIL", env["GIT_AUTHOR_EMAIL"])
+    env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
+def _run(cmd: Sequence[str], cwd: Path, quiet: bool = False) -> None:
+    stdout = subprocess.DEVNULL if quiet else None
+    proc = subprocess.run(list(cmd), cwd=cwd, env=stage_env(), stdout=stdout, check=False)
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(cmd[:4])} failed in {cwd} (exit {proc.returncode})")
+
+
+def dvc(workspace: Path, *args: str, quiet: bool = False) -> None:
+    """Run ``dvc ARGS`` (this interpreter's DVC) in ``workspace``."""
+    _run([sys.executable, "-m", "dvc", *args], workspace, quiet=quiet)
+
+
+def create_workspace(
+    workspace: Path, params: Mapping[str, Any], source_root: Path = REPO_ROOT
+) -> Path:
+    """Create (or refresh) a DVC workspace: code + dvc.yaml + ``params``, git + DVC initialised.
+
+    An existing workspace keeps its DVC cache and outputs; only the code, dvc.yaml and
+    params.yaml are refreshed and committed, so DVC decides what to rerun.
+    """
+    if not (source_root / "dvc.yaml").is_file():
+        raise UserError(f"{source_root}: no dvc.yaml here; run the demo from a project checkout")
+    workspace.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(source_root / name, workspace / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for package in PACKAGES:
+        shutil.rmtree(workspace / package, ignore_errors=True)
+        shutil.copytree(source_root / package, workspace / package, ignore=ignore)
+    (workspace / "params.yaml").write_text(
+        "# Written by python -m pipeline.demo: the repository's params.yaml with demo sizes\n"
+        "# and the base URLs pointed at archives served on 127.0.0.1.\n"
+        + yaml.safe_dump(dict(params), sort_keys=False),
+        encoding="utf-8",
+    )
+    (workspace / ".gitignore").write_text(
+        "__pycache__/\n*.pyc\n/data/\n/models/\n/eval/\n/dvclive/\n/plots/\n", encoding="utf-8"
+    )
+    if not (workspace / ".git").exists():
+        _run(["git", "init", "-q", "-b", "main"], workspace)
+    if not (workspace / ".dvc").exists():
+        dvc(workspace, "init", "-q")
+        dvc(workspace, "config", "core.analytics", "false", quiet=True)
+        dvc(workspace, "config", "core.check_update", "false", quiet=True)
+    # Custom plot templates (the rate-distortion overlay) live beside DVC's config.
+    templates = source_root / ".dvc" / "plots"
+    if templates.is_dir():
+        shutil.copytree(templates, workspace / ".dvc" / "plots", dirs_exist_ok=True)
+    _run(["git", "add", "-A"], workspace)
+    status = subprocess.run(
+        ["git", "diff", "--cached", "--quiet"], cwd=workspace, env=stage_env(), check=False
+    )
+    if status.returncode != 0:
+        _run(["git", "commit", "-q", "-m", "demo workspace"], workspace)
+    return workspace
+
+
+def report_paths(workspace: Path) -> list[Path]:
+    """The evaluation reports the pipeline wrote, one per source (those that exist)."""
+    return [p for s in SOURCES if (p := workspace / "eval" / s / "report.md").is_file()]
+
+
+def load_repo_params(source_root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The repository's params.yaml as a dict."""
+    from pipeline.params import read_params_file
+
+    return read_params_file(source_root / "params.yaml")
+
+
+def default_workdir() -> Path:
+    """A fresh folder in the current directory (``demo-workdir-*`` is git-ignored)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path.cwd() / f"demo-workdir-{stamp}"
+
+
+@contextlib.contextmanager
+def demo_session(
+    workdir: Path,
+    overrides: Mapping[str, Any] = DEMO_OVERRIDES,
+    sizes: ArchiveSizes = DEMO_SIZES,
+    source_root: Path = REPO_ROOT,
+) -> Iterator[Path]:
+    """Build the archives, serve them and prepare the workspace; yield it while serving."""
+    workdir = workdir.resolve()
+    psa_root, stac_root = build_archives(workdir / "archive", sizes)
+    with serving(psa_root, stac_root) as urls:
+        params = derive_params(load_repo_params(source_root), overrides, urls)
+        yield create_workspace(workdir / "workspace", params, source_root)
+
+
+@cli_entry("python -m pipeline.demo")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.demo",
+        description="Run the whole DVC pipeline offline, against synthetic archives on 127.0.0.1.",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None,
+        help="folder for the archives and the DVC workspace (default: a fresh ./demo-workdir-*)",
+    )
+    args = parser.parse_args(argv)
+    workdir = args.workdir or default_workdir()
+    started = time.monotonic()
+    print(f"demo: building synthetic archives and the DVC workspace under {workdir}", flush=True)
+    with demo_session(workdir) as workspace:
+        print(f"demo: dvc repro in {workspace}", flush=True)
+        dvc(workspace, "repro")
+    dvc(workspace, "metrics", "show")
+    dvc(workspace, "plots", "show", "-o", "plots", quiet=True)
+    reports = report_paths(workspace)
+    if not reports:
+        raise UserError(f"{workspace}: dvc repro finished but wrote no eval/*/report.md")
+    elapsed = time.monotonic() - started
+    print(f"demo: finished in {elapsed:.0f} s; plots: {workspace / 'plots' / 'index.html'}")
+    for path in reports[:-1]:
+        print(f"demo: report: {path}")
+    print(reports[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""dvc.yaml and params.yaml agree with the code: stages, params sections, deps (fast)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import load_section, read_params_file
+
+dvc_repo = pytest.importorskip("dvc.repo")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+PARAMS = REPO_ROOT / "params.yaml"
+SOURCES = ("virtis", "sentinel2")
+MATRIX_STAGES = ("split", "stats", "tiles", "train", "evaluate")
+EXPECTED_STAGES = {"download_pds", "download_sentinel2"} | {
+    f"{stage}@{source}" for stage in MATRIX_STAGES for source in SOURCES
+}
+
+#: params section -> (module, settings dataclass) that loads it.
+SECTION_CLASSES: dict[str, tuple[str, str]] = {
+    "download_pds": ("pipeline.download_pds", "DownloadPdsParams"),
+    "download_sentinel2": ("pipeline.download_sentinel2", "DownloadSentinel2Params"),
+    "sentinel2": ("pipeline.download_sentinel2", "Sentinel2Params"),
+    "split": ("pipeline.split", "SplitParams"),
+    "stats": ("pipeline.stats", "StatsParams"),
+    "tiles.virtis": ("pipeline.tiles", "TilesParams"),
+    "tiles.sentinel2": ("pipeline.tiles", "TilesParams"),
+    "train.virtis": ("training.train", "TrainParams"),
+    "train.sentinel2": ("training.train", "TrainParams"),
+    "evaluate": ("training.evaluate", "EvaluateParams"),
+}
+
+#: Project modules that cannot change a stage's outputs (error reporting, atomic renames,
+#: the params loader): they are deliberately not stage deps, so editing them reruns nothing.
+INFRASTRUCTURE = {
+    "parsers/__init__.py", "pipeline/__init__.py", "training/__init__.py",
+    "parsers/errors.py", "parsers/cli.py", "parsers/atomic.py", "pipeline/params.py",
+}
+PACKAGES = ("parsers", "pipeline", "training")
+
+
+@pytest.fixture(scope="module")
+def stages():
+    repo = dvc_repo.Repo(str(REPO_ROOT))
+    try:
+        yield {stage.addressing: stage for stage in repo.index.stages}
+    finally:
+        repo.close()
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _module_file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
+def project_imports(relpath: str, seen: set[str] | None = None) -> set[str]:
+    """Project modules (repo-relative .py paths) that ``relpath`` imports, transitively."""
+    seen = set() if seen is None else seen
+    if relpath in seen:
+        return seen
+    seen.add(relpath)
+    tree = ast.parse((REPO_ROOT / relpath).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.split(".")[0] not in PACKAGES:
+                continue
+            for candidate in (_module_file(name), name.replace(".", "/") + "/__init__.py"):
+                if (REPO_ROOT / candidate).is_file():
+                    project_imports(candidate, seen)
+    return seen
+
+
+def test_dvc_yaml_defines_every_stage(stages) -> None:
+    assert set(stages) == EXPECTED_STAGES
+
+
+def test_no_stage_is_frozen(stages) -> None:
+    assert [name for name, stage in stages.items() if stage.frozen] == []
+
+
+def test_stage_params_exist_in_params_yaml(stages) -> None:
+    params = read_params_file(PARAMS)
+    for name, stage in stages.items():
+        for dep in stage.params:
+            assert Path(dep.def_path).name == "params.yaml", name
+            for key in dep.params:
+                try:
+                    _lookup(params, key)
+                except KeyError:
+                    pytest.fail(f"stage {name}: params key '{key}' missing from params.yaml")
+
+
+def test_every_params_section_is_used_by_a_stage(stages) -> None:
+    used = {key for stage in stages.values() for dep in stage.params for key in dep.params}
+    top = set(read_params_file(PARAMS))
+    assert top <= {key.split(".")[0] for key in used}
+
+
+@pytest.mark.parametrize("section", sorted(SECTION_CLASSES))
+def test_params_section_loads_with_its_dataclass(section: str) -> None:
+    module, name = SECTION_CLASSES[section]
+    cls = getattr(importlib.import_module(module), name)
+    assert dataclasses.is_dataclass(cls)
+    settings = load_section(cls, section, PARAMS)
+    # Not only no unknown keys (the loader checks that) but no missing ones either:
+    # params.yaml spells out every setting, so `dvc params diff` shows all of them.
+    written = set(_lookup(read_params_file(PARAMS), section))
+    fields = {f.name for f in dataclasses.fields(settings) if f.init}
+    assert written == fields, f"{section}: missing {sorted(fields - written)}"
+
+
+def test_stage_deps_are_exact_code_closure(stages) -> None:
+    """Each stage depends on its module and everything it imports from the project."""
+    for name, stage in stages.items():
+        match = re.search(r"python -m ([\w.]+)", stage.cmd)
+        assert match, f"{name}: command is not `python -m ...`: {stage.cmd}"
+        module_file = _module_file(match.group(1))
+        code_deps = {str(Path(d.def_path)) for d in stage.deps if d.def_path.endswith(".py")}
+        for dep in code_deps:
+            assert (REPO_ROOT / dep).is_file(), f"{name}: dep {dep} does not exist"
+        needed = project_imports(module_file) - INFRASTRUCTURE
+        assert module_file in code_deps, f"{name}: {module_file} missing from deps"
+        assert needed <= code_deps, f"{name}: deps lack {sorted(needed - code_deps)}"
+        extra = code_deps - needed
+        assert not extra, f"{name}: deps on code the stage does not import: {sorted(extra)}"
+
+
+def test_each_stage_declares_outputs(stages) -> None:
+    for name, stage in stages.items():
+        assert stage.outs, f"{name} has no outputs"
+        if name.startswith(("train@", "evaluate@")):
+            assert any(out.metric for out in stage.outs), f"{name} has no metrics"
+            assert any(out.plot for out in stage.outs), f"{name} has no plots"
+
+
+def test_top_level_rd_plot_overlays_both_sources() -> None:
+    config = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    plots = {name: spec for entry in config["plots"] for name, spec in entry.items()}
+    rd = plots["rate_distortion"]
+    assert rd["x"] == "bpppc"
+    assert set(rd["y"]) == {f"eval/{s}/rd.csv" for s in SOURCES}
+
+
+def test_repro_dry_plans_every_stage_in_order(tmp_path: Path) -> None:
+    """In a fresh workspace, `dvc repro --dry` plans all stages, downloads first."""
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+    for package in PACKAGES:
+        shutil.copytree(REPO_ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    repo = dvc_repo.Repo.init(str(tmp_path), no_scm=True)
+    try:
+        planned = [stage.addressing for stage in repo.reproduce(dry=True)]
+    finally:
+        repo.close()
+    assert set(planned) == EXPECTED_STAGES
+    order = {name: i for i, name in enumerate(planned)}
+    for source, download in (("virtis", "download_pds"), ("sentinel2", "download_sentinel2")):
+        chain = [download] + [f"{stage}@{source}" for stage in MATRIX_STAGES]
+        assert [order[s] for s in chain] == sorted(order[s] for s in chain)
