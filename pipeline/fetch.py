@@ -1,0 +1,494 @@
+"""The project's one HTTP download engine.
+
+Every download stage goes through this module:
+
+- :func:`make_session` builds one pooled :class:`requests.Session` with timeouts, TLS
+  verification that cannot be switched off, and urllib3 retries with exponential backoff on
+  connection errors and 429/5xx answers (``Retry-After`` is respected).
+- :func:`download` streams one URL to ``dest`` through ``dest.part``: resume with HTTP
+  ``Range``, retry of a connection dropped mid-body by resuming, size checked against the
+  server's length, sha256 computed while streaming, optional verification of the finished
+  file, and an atomic rename. A partial or unverified file never takes the place of ``dest``.
+- :func:`fetch_all` runs many :class:`FetchJob` with bounded parallelism and one tqdm bar
+  counting bytes.
+- :func:`safe_join` maps a path taken from an index or listing into the output folder and
+  refuses anything that would land outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from parsers.errors import UserError
+
+CHUNK_BYTES = 1 << 20
+PART_SUFFIX = ".part"
+DEFAULT_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+USER_AGENT = "sscnet-pipeline/0.1 (+https://github.com/; python-requests)"
+
+Verify = Callable[[Path], Any]
+Progress = Callable[[int], Any]
+
+
+class FetchError(UserError):
+    """A transfer failed (after retries), or its bytes are not what was expected."""
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    """One file to fetch: ``url`` -> ``dest``; expectations are checked when given."""
+
+    url: str
+    dest: Path
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What happened to one file. ``error`` is None when ``path`` holds the good file."""
+
+    url: str
+    path: Path
+    size: int = 0
+    sha256: str = ""
+    transferred: int = 0  # body bytes received in this call (0 when skipped)
+    resumed: bool = False  # at least one Range request continued a partial file
+    skipped: bool = False  # dest was already complete and matched the expectations
+    attempts: int = 0  # GET requests issued by download() (urllib3 retries not counted)
+    error: str | None = None
+    job: FetchJob | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Session(requests.Session):
+    """A Session with a default timeout and TLS verification always on."""
+
+    def __init__(self, timeout: tuple[float, float]) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+        check_url(url)
+        kwargs.setdefault("timeout", self.default_timeout)
+        if kwargs.get("verify") is False:
+            raise ValueError("TLS certificate verification cannot be disabled")
+        return super().request(method, url, *args, **kwargs)
+
+
+def make_session(
+    *,
+    retries: int = 5,
+    backoff: float = 0.5,
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    pool_size: int = 16,
+    retry_after_max: int = 120,
+) -> requests.Session:
+    """Return a pooled Session retrying connection errors and 429/5xx ``retries`` times.
+
+    Backoff between consecutive failures is ``backoff * 2**(n-1)`` seconds (first retry
+    immediate), capped at 30 s; a ``Retry-After`` header up to ``retry_after_max`` seconds
+    wins. ``timeout`` is (connect, read) in seconds. Only http and https are mounted.
+    """
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        other=0,
+        backoff_factor=backoff,
+        backoff_max=30,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        respect_retry_after_header=True,
+        retry_after_max=retry_after_max,
+        raise_on_status=False,  # hand the last answer back; download() names URL and status
+    )
+    session = _Session(timeout)
+    session.verify = True
+    session.adapters.clear()
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    # Identity encoding: Content-Length and Range offsets then count the bytes we store.
+    session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    return session
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` if it is an absolute http(s) URL; raise UserError otherwise."""
+    parts = urlsplit(str(url))
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise UserError(f"{url}: only http:// and https:// URLs are accepted")
+    return str(url)
+
+
+def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
+    """Join ``relpath`` (from an index or listing, '/'-separated) under ``root``.
+
+    Raises UserError for an empty, absolute or drive-qualified path, or one whose ``..``
+    parts (or a symlink already inside root) would lead outside ``root``.
+    """
+    text = str(relpath).replace("\\", "/")
+    if not text.strip() or "\x00" in text:
+        raise UserError(f"refusing path {relpath!r}: empty or invalid")
+    if text.startswith("/") or PureWindowsPath(str(relpath)).drive or re.match(r"^[A-Za-z]:", text):
+        raise UserError(f"refusing path {relpath!r}: absolute paths are not allowed")
+    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
+    if ".." in parts or not parts:
+        raise UserError(f"refusing path {relpath!r}: it would leave the output folder")
+    root_path = Path(root).resolve()
+    candidate = root_path.joinpath(*parts)
+    resolved = candidate.resolve()
+    if resolved != root_path and root_path not in resolved.parents:
+        raise UserError(f"refusing path {relpath!r}: it resolves outside {root_path}")
+    return candidate
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK_BYTES) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def part_path(dest: str | os.PathLike[str]) -> Path:
+    """The temporary name a download of ``dest`` is streamed to."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + PART_SUFFIX)
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
+_CONTENT_RANGE_UNSAT = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.I)
+
+
+def _hash_prefix(path: Path) -> tuple[Any, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK_BYTES):
+            h.update(block)
+            n += len(block)
+    return h, n
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+_DROPPED = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _body_chunks(resp: requests.Response) -> Iterator[bytes]:
+    """Body bytes as they arrive (not decoded). Unlike ``iter_content``, bytes received
+    before a connection drop are yielded before the error, so a resume loses nothing."""
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:  # urllib3 1.x
+        yield from resp.iter_content(chunk_size=1 << 16)
+        return
+    while chunk := read1(CHUNK_BYTES, decode_content=False):
+        yield chunk
+
+
+def download(
+    session: requests.Session,
+    url: str,
+    dest: str | os.PathLike[str],
+    expected_size: int | None = None,
+    expected_sha256: str | None = None,
+    progress: Progress | None = None,
+    *,
+    verify: Verify | None = None,
+    max_resumes: int = 5,
+    resume_backoff: float = 0.5,
+) -> FetchResult:
+    """Fetch ``url`` into ``dest`` and return what happened; raise FetchError on failure.
+
+    If ``dest`` already exists and matches ``expected_sha256`` (or, without one, its size
+    equals ``expected_size``), nothing is transferred. Otherwise the body streams into
+    ``dest.part`` (resumed with Range if that exists), is checked against the server's
+    total length, ``expected_size``, ``expected_sha256`` and ``verify(part_path)`` (any
+    exception rejects it), and only then renamed onto ``dest``. A rejected file is deleted;
+    an existing ``dest`` is never replaced by a partial or rejected one. ``progress(n)``
+    is called with each chunk's byte count (negative when a restart discards bytes); if
+    it has an ``expect(total)`` method that is called once the total size is known and
+    ``expected_size`` was not given.
+    """
+    check_url(url)
+    dest = Path(dest)
+    if expected_sha256 is not None:
+        expected_sha256 = expected_sha256.lower()
+    if dest.is_file():
+        size = dest.stat().st_size
+        if expected_size is None or size == expected_size:
+            if expected_sha256 is not None:
+                digest = sha256_file(dest)
+                if digest == expected_sha256:
+                    _tell(progress, size)
+                    return FetchResult(url, dest, size, digest, skipped=True)
+            elif expected_size is not None:
+                _tell(progress, size)
+                return FetchResult(url, dest, size, sha256_file(dest), skipped=True)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    hasher, have = (_hash_prefix(part) if part.is_file() else (hashlib.sha256(), 0))
+    if have:
+        _tell(progress, have)
+    told_total = expected_size is not None
+    total: int | None = expected_size
+    transferred = 0
+    resumed = False
+    attempts = 0
+    drops = 0
+    while True:
+        if expected_size is not None and have > expected_size:
+            _tell(progress, -have)
+            _unlink(part)
+            hasher, have = hashlib.sha256(), 0
+        if total is not None and have == total and have > 0:
+            break  # the part already holds every byte
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        attempts += 1
+        try:
+            resp = session.get(url, headers=headers, stream=True)
+        except requests.exceptions.RetryError as exc:
+            raise FetchError(f"{url}: giving up after retries ({_reason(exc)})") from None
+        except _DROPPED as exc:
+            raise FetchError(f"{url}: cannot connect ({_reason(exc)})") from None
+        with resp:
+            if resp.status_code == 416 and have:
+                m = _CONTENT_RANGE_UNSAT.match(resp.headers.get("Content-Range", ""))
+                if m and int(m.group(1)) == have:
+                    total = have
+                    break
+                # The part is longer than the file (it changed): start again.
+                _tell(progress, -have)
+                _unlink(part)
+                hasher, have = hashlib.sha256(), 0
+                continue
+            if resp.status_code not in (200, 206):
+                raise FetchError(f"{url}: HTTP {resp.status_code} {resp.reason or ''}".rstrip())
+            length = _int_header(resp.headers.get("Content-Length"))
+            if resp.status_code == 206:
+                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                if not m or int(m.group(1)) != have:
+                    raise FetchError(
+                        f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
+                        f"for a request from byte {have}"
+                    )
+                server_total = None if m.group(3) == "*" else int(m.group(3))
+                body_len = int(m.group(2)) - int(m.group(1)) + 1
+                if length is not None and length != body_len:
+                    raise FetchError(f"{url}: Content-Length {length} disagrees with Content-Range")
+                length = body_len
+                resumed = True
+                mode = "ab"
+            else:  # 200: the server sent the whole file; any part is discarded
+                if have:
+                    _tell(progress, -have)
+                hasher, have = hashlib.sha256(), 0
+                server_total = length
+                mode = "wb"
+            if server_total is not None:
+                if total is not None and total != server_total:
+                    _unlink(part)
+                    raise FetchError(
+                        f"{url}: server reports {server_total} bytes, expected {total}"
+                    )
+                total = server_total
+                if not told_total:
+                    told_total = True
+                    expect = getattr(progress, "expect", None)
+                    if expect is not None:
+                        expect(total)
+            got = 0
+            try:
+                with open(part, mode) as fh:
+                    for chunk in _body_chunks(resp):
+                        fh.write(chunk)
+                        hasher.update(chunk)
+                        got += len(chunk)
+                        _tell(progress, len(chunk))
+                dropped = length is not None and got < length
+                error: BaseException | None = None
+            except _DROPPED as exc:
+                dropped, error = True, exc
+            have += got
+            transferred += got
+        if dropped:
+            drops += 1
+            if drops > max_resumes:
+                why = _reason(error) if error else f"body ended after {got} of {length} bytes"
+                raise FetchError(
+                    f"{url}: connection dropped {drops} times, giving up "
+                    f"({why}); the partial file {part.name} is kept for a later resume"
+                )
+            time.sleep(resume_backoff * (2 ** (drops - 1)) if drops > 1 else 0)
+            continue
+        if total is None:
+            total = have  # no length given: the body ended normally
+        break
+
+    size = part.stat().st_size if part.exists() else 0
+    if size != have or (total is not None and size != total):
+        _unlink(part)
+        raise FetchError(f"{url}: received {size} bytes, server announced {total}")
+    digest = hasher.hexdigest()
+    problem = None
+    if expected_size is not None and size != expected_size:
+        problem = f"size {size} differs from the expected {expected_size}"
+    elif expected_sha256 is not None and digest != expected_sha256:
+        problem = f"sha256 {digest} differs from the expected {expected_sha256}"
+    if problem:
+        _unlink(part)
+        raise FetchError(f"{url}: {problem}; file not kept")
+    if verify is not None:
+        try:
+            verify(part)
+        except Exception as exc:
+            _unlink(part)
+            raise FetchError(f"{url}: rejected by verification ({exc}); file not kept") from None
+    os.replace(part, dest)
+    return FetchResult(
+        url, dest, size, digest, transferred=transferred, resumed=resumed, attempts=attempts
+    )
+
+
+def _tell(progress: Progress | None, n: int) -> None:
+    if progress is not None and n:
+        progress(n)
+
+
+def _int_header(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    inner: Any = exc.args[0] if exc.args else exc
+    inner = getattr(inner, "reason", inner)
+    return " ".join(str(inner).split())[:200]
+
+
+class ByteBar:
+    """A thread-safe tqdm bar in bytes (with rate) whose total can grow; a Progress."""
+
+    def __init__(self, total: int | None, desc: str, disable: bool | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self._lock = threading.Lock()
+        self._bar = tqdm(
+            total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+            dynamic_ncols=True, disable=disable, leave=True, mininterval=0.2,
+        )
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+    def expect(self, extra: int) -> None:
+        """Add ``extra`` bytes to the total (a file whose size was unknown up front)."""
+        with self._lock:
+            self._bar.total = (self._bar.total or 0) + extra
+            self._bar.refresh()
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self._bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def fetch_all(
+    session: requests.Session,
+    jobs: Iterable[FetchJob],
+    max_workers: int = 4,
+    verify: Verify | None = None,
+    *,
+    desc: str = "download",
+    progress: bool | None = None,
+    max_resumes: int = 5,
+) -> list[FetchResult]:
+    """Run ``jobs`` with at most ``max_workers`` parallel transfers; results in job order.
+
+    Failures do not stop the others: each shows up as a result with ``error`` set.
+    ``progress``: True/False forces the byte bar on/off; None shows it on a terminal.
+    """
+    jobs = list(jobs)
+    if len({j.dest for j in jobs}) != len(jobs):
+        raise ValueError("two jobs write the same destination")
+    known = sum(j.expected_size or 0 for j in jobs)
+    bar = ByteBar(known or None, desc, disable=None if progress is None else not progress)
+    done = {"ok": 0, "skipped": 0, "failed": 0}
+    lock = threading.Lock()
+
+    def one(job: FetchJob) -> FetchResult:
+        try:
+            res = download(
+                session, job.url, job.dest, job.expected_size, job.expected_sha256,
+                progress=bar, verify=verify, max_resumes=max_resumes,
+            )
+            res = _with_job(res, job)
+            key = "skipped" if res.skipped else "ok"
+        except (UserError, OSError, requests.RequestException) as exc:
+            res = FetchResult(job.url, job.dest, error=str(exc), job=job)
+            key = "failed"
+        with lock:
+            done[key] += 1
+            bar.note(", ".join(f"{v} {k}" for k, v in done.items() if v))
+        return res
+
+    try:
+        if max_workers <= 1 or len(jobs) <= 1:
+            return [one(j) for j in jobs]
+        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fetch") as pool:
+            return list(pool.map(one, jobs))
+    finally:
+        bar.close()
+
+
+def _with_job(res: FetchResult, job: FetchJob) -> FetchResult:
+    return dataclasses.replace(res, job=job)
+
+
+def failed(results: Sequence[FetchResult]) -> list[FetchResult]:
+    """The results that carry an error."""
+    return [r for r in results if not r.ok]
