@@ -1,0 +1,150 @@
+"""Per-band statistics: chunked partials + exact merge equal numpy on the whole array."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pipeline.stats import BandStats, HistogramSpec, format_q, tree_merge
+
+SPEC = HistogramSpec()
+QS = [0.0, 0.1, 1.0, 25.0, 50.0, 99.0, 99.9, 100.0]
+
+
+def reference(x: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Full-array numpy statistics in float64 (NaN/inf and masked values ignored)."""
+    x64 = x.astype(np.float64).reshape(x.shape[0], -1)
+    ok = np.isfinite(x64)
+    if valid is not None:
+        ok &= np.broadcast_to(valid, x.shape[1:]).reshape(1, -1)
+    x64 = np.where(ok, x64, np.nan)
+    return {"count": ok.sum(1), "x": x64}
+
+
+def check_against_numpy(stats: BandStats, x: np.ndarray, valid: np.ndarray | None = None) -> None:
+    ref = reference(x, valid)
+    np.testing.assert_array_equal(stats.count, ref["count"])
+    for b in range(x.shape[0]):
+        row = ref["x"][b]
+        row = row[np.isfinite(row)]
+        if row.size == 0:
+            assert np.isnan(stats.minimum[b]) and np.isnan(stats.mean[b])
+            continue
+        assert stats.minimum[b] == row.min()
+        assert stats.maximum[b] == row.max()
+        scale = max(1.0, float(np.abs(row).max()))
+        assert abs(stats.mean[b] - row.mean()) <= 1e-9 * scale
+        assert abs(stats.std[b] - row.std()) <= 1e-6 * scale
+        check_percentiles(stats, b, row)
+
+
+def check_percentiles(stats: BandStats, b: int, row: np.ndarray) -> None:
+    """The promised tolerance, with x_k, x_k+1 the order statistics around the rank."""
+    est, unbounded = stats.percentiles(QS)
+    srt = np.sort(row)
+    n = srt.size
+    exact = np.percentile(row, QS)
+    for i, q in enumerate(QS):
+        rank = q / 100 * (n - 1)
+        k = int(np.floor(rank))
+        xk, xk1 = srt[k], srt[min(k + 1, n - 1)]
+        if unbounded[i, b]:
+            assert srt[0] <= est[i, b] <= srt[-1]
+            continue
+        big = max(abs(xk), abs(xk1))
+        tol = (stats.spec.relative_tolerance * big + stats.spec.absolute_tolerance) * (1 + 1e-9)
+        tol += 1e-12 * max(big, 1.0)  # float64 rounding of the interpolation
+        assert abs(est[i, b] - exact[i]) <= tol, (q, b, est[i, b], exact[i], tol)
+
+
+floats = st.one_of(
+    st.floats(-1e4, 1e4, width=32),
+    st.sampled_from([np.nan, np.nan, 0.0, -0.0, 1e-7, -3e5, 2.5e5, np.inf]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 7)),
+                    elements=floats),
+    cuts=st.lists(st.integers(0, 9), max_size=4),
+)
+def test_chunked_merge_equals_numpy(data, cuts):
+    lines = data.shape[1]
+    edges = sorted({0, lines, *[c for c in cuts if c <= lines]})
+    parts = [BandStats.from_block(data[:, a:b], SPEC) for a, b in itertools.pairwise(edges)]
+    check_against_numpy(tree_merge(parts), data)
+    # merge order does not matter (up to rounding): reverse fold
+    folded = parts[-1]
+    for p in reversed(parts[:-1]):
+        folded = folded.merge(p)
+    np.testing.assert_array_equal(folded.count, tree_merge(parts).count)
+    np.testing.assert_array_equal(folded.hist, tree_merge(parts).hist)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=hnp.arrays(np.uint16, st.tuples(st.integers(1, 3), st.integers(1, 8), st.integers(1, 6))),
+    mask=st.data(),
+)
+def test_uint16_with_mask_exact_percentiles(data, mask):
+    valid = mask.draw(hnp.arrays(bool, data.shape[1:]))
+    half = data.shape[1] // 2
+    parts = [BandStats.from_block(data[:, :half], HistogramSpec("uint16"), valid[:half]),
+             BandStats.from_block(data[:, half:], HistogramSpec("uint16"), valid[half:])]
+    stats = tree_merge(parts)
+    check_against_numpy(stats, data, valid)
+    ref = reference(data, valid)["x"]
+    for b in range(data.shape[0]):
+        row = ref[b][np.isfinite(ref[b])]
+        if row.size:
+            np.testing.assert_allclose(stats.percentiles(QS)[0][:, b], np.percentile(row, QS),
+                                       rtol=0, atol=1e-9)
+
+
+def test_percentile_tolerance_on_realistic_radiance():
+    """Large lognormal sample: relative error stays under 2**-(m+1) (0.39 % by default)."""
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(0.0, 1.5, size=(3, 400, 250)).astype(np.float32)
+    x[1] -= 2.0  # values of both signs
+    x[:, ::17, ::5] = np.nan
+    stats = tree_merge([BandStats.from_block(x[:, i:i + 64], SPEC) for i in range(0, 400, 64)])
+    check_against_numpy(stats, x)
+    est, _ = stats.percentiles([0.1, 99.9])
+    exact = np.nanpercentile(x.reshape(3, -1).astype(np.float64), [0.1, 99.9], axis=1)
+    assert np.all(np.abs(est - exact) <= 2**-8 * np.abs(exact) + 2**-16)
+
+
+def test_values_outside_window_are_flagged_not_wrong():
+    x = np.array([[[1e6, 2e6, 3e6, 4e6]]], dtype=np.float32)
+    stats = BandStats.from_block(x, HistogramSpec(max_exponent=10))
+    est, unbounded = stats.percentiles([50.0])
+    assert unbounded.all()
+    assert 1e6 <= est[0, 0] <= 4e6
+
+
+def test_empty_band_and_merge_with_empty():
+    x = np.full((2, 3, 3), np.nan, dtype=np.float32)
+    x[1, 0, 0] = 5.0
+    stats = BandStats.empty(2, SPEC).merge(BandStats.from_block(x, SPEC))
+    assert stats.count.tolist() == [0, 1]
+    assert np.isnan(stats.mean[0]) and stats.mean[1] == 5.0 and stats.std[1] == 0.0
+    est, _ = stats.percentiles([0.1, 99.9])
+    assert np.isnan(est[:, 0]).all() and (est[:, 1] == 5.0).all()
+
+
+def test_merge_rejects_other_band_count():
+    a = BandStats.empty(2, SPEC)
+    with pytest.raises(ValueError, match="cannot merge"):
+        a.merge(BandStats.empty(3, SPEC))
+
+
+def test_format_q_keys():
+    assert [format_q(q) for q in (0.1, 99.9, 50.0, 1.0)] == ["0.1", "99.9", "50", "1"]
+    json.dumps({format_q(0.1): 1})
