@@ -1,0 +1,308 @@
+"""Read and parse PDS3 (ODL) labels, attached or detached, tolerating legacy quirks.
+
+Only the label is read: bytes are read from the start of the file until the ``END``
+statement, never the whole file. Parsing goes through three stages:
+
+1. a small, fast ODL parser (a cube must open in a few milliseconds, and pvl takes
+   ~100 ms on a VIRTIS label); it accepts ``{}`` sets, namespaced keys, comments, units,
+   multi-line strings and the missing commas of draft Rosetta labels;
+2. ``pvl`` with its lenient ``OmniGrammar``/``OmniDecoder`` when the fast parser gives up;
+3. ``pvl`` again on a repaired text (commas inserted between the lines of multi-line lists).
+
+Values come back as ``int``, ``float``, ``str``, ``list`` (sequences and sets) or
+:class:`Quantity` (a value with ``<units>``); objects and groups as :class:`Block`.
+Keywords are upper-cased.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from parsers.errors import ProductError
+
+MAX_LABEL_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
+_END_RE = re.compile(rb"(?:^|\n)[ \t]*END[ \t]*(?:\r?\n|\r|$)")
+
+
+class Quantity(NamedTuple):
+    """A label value with units, e.g. ``12 <BYTES>``."""
+
+    value: Any
+    units: str
+
+
+class Block(dict):
+    """An ODL object or group (or the whole label): a dict of its first-seen keywords.
+
+    ``entries`` keeps every (key, value) pair in order, duplicates included.
+    """
+
+    def __init__(self, kind: str = "ROOT", name: str = "") -> None:
+        super().__init__()
+        self.kind = kind
+        self.name = name
+        self.entries: list[tuple[str, Any]] = []
+
+    def add(self, key: str, value: Any) -> None:
+        self.entries.append((key, value))
+        self.setdefault(key, value)
+
+    def all(self, key: str) -> list[Any]:
+        """Every value stored under ``key`` (objects may repeat)."""
+        return [v for k, v in self.entries if k == key]
+
+    def objects(self) -> Iterator[tuple[str, Block]]:
+        for k, v in self.entries:
+            if isinstance(v, Block):
+                yield k, v
+
+
+class LabelSyntaxError(ValueError):
+    """The fast parser cannot read this label (pvl gets a try next)."""
+
+
+# --------------------------------------------------------------------------- reading
+def read_label_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The label text: bytes from the file start up to and including the ``END`` line."""
+    try:
+        size = os.path.getsize(path)
+        if os.path.isdir(path):
+            raise ProductError(path, "is a directory, not a product file")
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise ProductError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ProductError(path, "is a directory, not a product file") from None
+    except OSError as exc:
+        raise ProductError(path, f"cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        fh.close()
+        raise ProductError(path, "empty file")
+    with fh:
+        buf = b""
+        while len(buf) < MAX_LABEL_BYTES:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            start = max(0, len(buf) - 16)
+            buf += chunk
+            if len(buf) <= _CHUNK * 2 and not _looks_like_odl(buf[:4096]):
+                raise ProductError(path, "not a PDS3 product (no ODL label at the start)")
+            m = _END_RE.search(buf, start)
+            if m:
+                return buf[: m.end()]
+    if not _looks_like_odl(buf[:4096]):
+        raise ProductError(path, "not a PDS3 product (no ODL label at the start)")
+    raise ProductError(path, f"label has no END statement in the first {len(buf):,} bytes")
+
+
+def _looks_like_odl(head: bytes) -> bool:
+    if not head:
+        return False
+    sample = head[:2048]
+    text = sum(1 for b in sample if b in (9, 10, 13) or 32 <= b < 127)
+    if text < 0.95 * len(sample) and b"=" not in sample[:512]:
+        return False
+    first = sample.split(b"\n", 1)[0]
+    return b"=" in sample and (b"=" in first or b"PDS_VERSION_ID" in sample or b"ODL" in sample
+                               or b"RECORD_TYPE" in sample)
+
+
+# --------------------------------------------------------------------------- fast parser
+_TOKEN_RE = re.compile(
+    r"""(?P<ws>\s+)
+      | (?P<comment>/\*.*?(?:\*/|$))
+      | "(?P<q>[^"]*)"
+      | '(?P<s>[^']*)'
+      | <(?P<u>[^<>]*)>
+      | (?P<p>[(){},=])
+      | (?P<w>[^\s(){},="'<>]+)""",
+    re.S | re.X | re.M,
+)
+_INT_RE = re.compile(r"[+-]?\d+\Z")
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\Z")
+_RADIX_RE = re.compile(r"([+-]?)(2|8|16)#([0-9A-Fa-f]+)#\Z")
+_WS_RE = re.compile(r"\s*\n\s*")
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos, n = 0, len(text)
+    while pos < n:
+        m = _TOKEN_RE.match(text, pos)
+        if not m:
+            raise LabelSyntaxError(f"unexpected character {text[pos]!r} at offset {pos}")
+        pos = m.end()
+        kind = m.lastgroup
+        if kind in ("ws", "comment"):
+            continue
+        out.append((kind, m.group(kind)))
+    return out
+
+
+def _scalar(kind: str, tok: str) -> Any:
+    if kind == "q":
+        return _WS_RE.sub(" ", tok).strip() if "\n" in tok else tok
+    if kind == "s":
+        return tok
+    if _INT_RE.match(tok):
+        return int(tok)
+    if _FLOAT_RE.match(tok):
+        return float(tok)
+    m = _RADIX_RE.match(tok)
+    if m:
+        value = int(m.group(3), int(m.group(2)))
+        return -value if m.group(1) == "-" else value
+    return tok
+
+
+def parse_fast(text: str) -> Block:
+    """Parse ODL text with the built-in parser; LabelSyntaxError if it cannot."""
+    toks = _tokens(text)
+    n = len(toks)
+    i = 0
+
+    def value() -> Any:
+        nonlocal i
+        if i >= n:
+            raise LabelSyntaxError("value missing at end of label")
+        kind, tok = toks[i]
+        if kind == "p" and tok in "({":
+            close = ")" if tok == "(" else "}"
+            i += 1
+            items: list[Any] = []
+            while True:
+                if i >= n:
+                    raise LabelSyntaxError("unclosed list")
+                k2, t2 = toks[i]
+                if k2 == "p" and t2 == close:
+                    i += 1
+                    return items
+                if k2 == "p" and t2 == ",":
+                    i += 1
+                    continue
+                if k2 == "p" and t2 in ")}=":
+                    raise LabelSyntaxError(f"unexpected {t2!r} in a list")
+                items.append(value())
+        if kind == "p":
+            raise LabelSyntaxError(f"unexpected {tok!r} where a value should be")
+        if kind == "u":
+            raise LabelSyntaxError("units without a value")
+        i += 1
+        v = _scalar(kind, tok)
+        if i < n and toks[i][0] == "u":
+            v = Quantity(v, toks[i][1].strip())
+            i += 1
+        return v
+
+    root = Block()
+    stack = [root]
+    while i < n:
+        kind, tok = toks[i]
+        if kind != "w":
+            raise LabelSyntaxError(f"expected a keyword, found {tok!r}")
+        key = tok.upper()
+        has_eq = i + 1 < n and toks[i + 1] == ("p", "=")
+        if key == "END" and not has_eq:
+            break
+        if key in ("END_OBJECT", "END_GROUP"):
+            i += 1
+            if has_eq:
+                i += 2
+            if len(stack) == 1:
+                raise LabelSyntaxError(f"{key} without a matching start")
+            stack.pop()
+            continue
+        if not has_eq:
+            raise LabelSyntaxError(f"keyword {tok!r} without '='")
+        i += 2
+        if key in ("OBJECT", "GROUP", "BEGIN_OBJECT", "BEGIN_GROUP"):
+            name = value()
+            block = Block(key.replace("BEGIN_", ""), str(name).upper())
+            stack[-1].add(str(name).upper(), block)
+            stack.append(block)
+            continue
+        stack[-1].add(key, value())
+    else:
+        raise LabelSyntaxError("no END statement")
+    if len(stack) != 1:
+        raise LabelSyntaxError(f"OBJECT {stack[-1].name} is never closed")
+    return root
+
+
+# --------------------------------------------------------------------------- pvl fallback
+def _from_pvl(obj: Any) -> Any:
+    import datetime
+
+    import pvl
+
+    if isinstance(obj, (pvl.PVLModule, pvl.PVLObject, pvl.PVLGroup)):
+        kind = "OBJECT" if isinstance(obj, pvl.PVLObject) else (
+            "GROUP" if isinstance(obj, pvl.PVLGroup) else "ROOT")
+        block = Block(kind)
+        for k, v in obj.items():
+            conv = _from_pvl(v)
+            if isinstance(conv, Block):
+                conv.name = str(k).upper()
+            block.add(str(k).upper(), conv)
+        return block
+    if isinstance(obj, pvl.collections.Quantity):
+        return Quantity(_from_pvl(obj.value), str(obj.units))
+    if isinstance(obj, (set, frozenset)):
+        return sorted((_from_pvl(v) for v in obj), key=str)
+    if isinstance(obj, (list, tuple)):
+        return [_from_pvl(v) for v in obj]
+    if isinstance(obj, (datetime.date, datetime.time, datetime.datetime)):
+        return obj.isoformat()
+    return obj
+
+
+def repair_missing_commas(text: str) -> str:
+    """Insert the commas draft labels omit between the lines of multi-line lists."""
+    out: list[str] = []
+    depth = 0
+    lines = text.splitlines(keepends=True)
+    for idx, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        eol = line[len(body):]
+        stripped = re.sub(r'"[^"]*"', '""', body)
+        depth += stripped.count("(") + stripped.count("{")
+        depth -= stripped.count(")") + stripped.count("}")
+        nxt = lines[idx + 1].strip() if idx + 1 < len(lines) else ""
+        tail = body.rstrip()
+        if (depth > 0 and tail and tail[-1] not in ",({=" and nxt
+                and nxt[0] not in ",)}"):
+            body = tail + ","
+        out.append(body + eol)
+    return "".join(out)
+
+
+def parse_label_text(text: str, path: str | os.PathLike[str] = "label") -> Block:
+    """Parse ODL text: fast parser, then pvl (lenient), then pvl on a repaired text."""
+    try:
+        return parse_fast(text)
+    except LabelSyntaxError as exc:
+        first_error = str(exc)
+    try:
+        import pvl
+    except ImportError:  # pragma: no cover - pvl is a core dependency
+        raise ProductError(path, f"cannot parse label: {first_error}") from None
+    for candidate in (text, repair_missing_commas(text)):
+        try:
+            module = pvl.loads(candidate, grammar=pvl.grammar.OmniGrammar(),
+                               decoder=pvl.decoder.OmniDecoder())
+        except Exception:  # pvl raises many types on bad input
+            continue
+        return _from_pvl(module)
+    raise ProductError(path, f"cannot parse label: {first_error}")
+
+
+def read_label(path: str | os.PathLike[str]) -> tuple[Block, int]:
+    """Parse the label of ``path``: (label, number of label bytes read)."""
+    raw = read_label_bytes(path)
+    text = raw.decode("latin-1")
+    return parse_label_text(text, path), len(raw)
