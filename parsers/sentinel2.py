@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from parsers.atomic import atomic_path
+from parsers.atomic import atomic_open, atomic_path
 from parsers.cli import cli_entry
 from parsers.errors import ParamsError, ProductError, UserError
 
@@ -359,6 +359,9 @@ def _gdal_env(remote: bool) -> Iterator[None]:
     import rasterio
 
     options = dict(REMOTE_GDAL_ENV) if remote else {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    # With multi-threaded JPEG 2000 decoding, GDAL 3.10 reports a truncated tile only on stderr
+    # and returns zeros; single-threaded decoding raises, so a bad file is never read silently.
+    options["GDAL_NUM_THREADS"] = "1"
     with rasterio.Env(**options):
         yield
 
@@ -374,7 +377,7 @@ def _gdal_path(href: str) -> str:
 
 
 def _check_local_file(href: str, label: str) -> None:
-    if href.startswith("/vsi"):
+    if href.startswith("/vsi") or _is_remote(href):
         return
     try:
         size = os.path.getsize(href)
@@ -580,10 +583,11 @@ def _assemble(
             if offset:
                 data[i] = _harmonise(data[i], offset)
                 applied = True
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
+    from rasterio.transform import Affine
 
-    transform = window_transform(Window(win[1], win[0], win[3], win[2]), grid.transform)
+    t = grid.transform
+    row, col = win[0], win[1]
+    transform = Affine(t.a, t.b, t.c + col * t.a + row * t.b, t.d, t.e, t.f + col * t.d + row * t.e)
     return S2Stack(
         data=data,
         valid=np.all(data > NODATA, axis=0),
@@ -971,8 +975,8 @@ def export(stack: S2Stack, dest: str | os.PathLike[str]) -> Path:
     dest = Path(dest)
     suffix = dest.suffix.lower()
     if suffix == ".npy":
-        with atomic_path(dest) as tmp:
-            np.save(tmp, stack.data)
+        with atomic_open(dest) as fh:
+            np.save(fh, stack.data)
         return dest
     if suffix in (".tif", ".tiff"):
         import rasterio

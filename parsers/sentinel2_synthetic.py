@@ -85,9 +85,9 @@ class SyntheticScene:
     crs: str
 
     def transform(self, resolution: int):
-        from rasterio.transform import from_origin
+        from rasterio.transform import Affine
 
-        return from_origin(self.origin[0], self.origin[1], resolution, resolution)
+        return Affine(resolution, 0.0, self.origin[0], 0.0, -resolution, self.origin[1])
 
 
 def _smooth_field(rng: np.random.Generator, n: int, scale_px: float) -> np.ndarray:
