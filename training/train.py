@@ -1,0 +1,740 @@
+"""Train SSCNet on a tile file: one process, or several GPUs/processes with torchrun + DDP.
+
+    python -m training.train --params params.yaml --source virtis --tiles data/tiles/virtis \\
+        --out models/virtis [--epochs N --batch-size B --lr LR --device auto|cpu|cuda ...]
+    torchrun --standalone --nproc_per_node=4 -m training.train --source virtis ...
+
+Writes (rank 0 only) ``OUT/last.pt`` (full training state, atomically, every
+``checkpoint_every`` epochs and at the end), ``OUT/best.pt`` (weights with the lowest
+validation loss) and ``OUT/dvclive/`` (per-epoch train/val loss and PSNR).
+
+Recipe (paper defaults): BCE on [0, 1] tiles, Adam lr 1e-4, cosine annealing to 0 over all
+steps of the run, global batch 128 (split evenly over the processes), 400 epochs.
+
+Validation: a held-out fraction (``val_fraction``) of the *products* of ``train.h5`` (all
+tiles of a product go to the same side, chosen by the seed), so ``test.h5`` stays untouched
+for the final evaluation. A file with a single product falls back to a split over tiles
+(with a warning). ``val_fraction: 0`` disables validation; ``best.pt`` then follows the
+training loss. PSNR is ``10 log10(1 / MSE)`` on the normalised [0, 1] scale, with the MSE
+pooled over all values of the epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from parsers.cli import cli_entry
+from parsers.errors import ParamsError, ProductError, UserError
+from pipeline.params import DEFAULT_PARAMS, from_dict, read_params_file, to_dict
+from training.models import build_model, clean_state_dict, save_checkpoint
+
+SOURCES = ("virtis", "sentinel2")
+#: Normalisation used by the paper for each source ("auto").
+PAPER_NORMALISATION = {"virtis": "paper_minmax", "sentinel2": "global_max"}
+#: Settings that must not change between a checkpoint and a ``--resume``.
+RESUME_KEYS = ("arch", "latent", "activation", "widths", "normalisation", "loss", "lr",
+               "epochs", "batch_size", "val_fraction", "seed")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Section ``train.<source>`` of params.yaml (``train.common`` supplies shared defaults).
+
+    ``batch_size`` is the global batch (all processes together); ``latent`` is an int for
+    ``arch: linear`` and ``[channels, size]`` for ``arch: conv``; ``widths`` overrides the
+    encoder channel widths (4 values); ``bands``/``tile``, when set, are checked against the
+    tile file. ``precision: auto`` is bf16 autocast on CUDA and fp32 on CPU.
+    """
+
+    arch: Literal["linear", "conv"] = "linear"
+    latent: int | tuple[int, int] = 1000
+    activation: Literal["prelu", "relu"] = "prelu"
+    widths: tuple[int, ...] | None = None
+    normalisation: Literal["auto", "paper_minmax", "global_max", "robust", "zscore"] = "auto"
+    loss: Literal["bce", "mse"] = "bce"
+    lr: float = 1e-4
+    epochs: int = 400
+    batch_size: int = 128
+    val_fraction: float = 0.1
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 4
+    checkpoint_every: int = 10
+    bands: int | None = None
+    tile: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0 or self.checkpoint_every < 1:
+            raise ValueError("workers must be >= 0 and checkpoint_every >= 1")
+        if self.loss == "bce" and self.normalisation == "zscore":
+            raise ValueError("loss 'bce' needs tiles in [0, 1]; normalisation 'zscore' is not "
+                             "(use loss: mse or another normalisation)")
+
+
+# --- command line ------------------------------------------------------------------------
+
+def _latent_arg(text: str) -> int | list[int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 1000 or 1024x8") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 1000 or 1024x8")
+    return values[0] if len(values) == 1 else values
+
+
+def _widths_arg(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 64,128,256,256") from None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                   help="params file (default %(default)s)")
+    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--tiles", type=Path, required=True,
+                   help="tile folder holding train.h5 (or the .h5 file itself)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, dvclive)")
+    p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                   help="continue from OUT/last.pt (or the given checkpoint)")
+    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+                   help="stop (with a checkpoint) after epoch N; resume later with --resume")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    o = p.add_argument_group("overrides of params.yaml train.<source>")
+    o.add_argument("--arch", choices=("linear", "conv"))
+    o.add_argument("--latent", type=_latent_arg, help="1000 (linear) or 1024x8 (conv)")
+    o.add_argument("--activation", choices=("prelu", "relu"))
+    o.add_argument("--widths", type=_widths_arg, help="encoder widths, e.g. 64,128,256,256")
+    o.add_argument("--normalisation",
+                   choices=("auto", "paper_minmax", "global_max", "robust", "zscore"))
+    o.add_argument("--loss", choices=("bce", "mse"))
+    o.add_argument("--lr", type=float)
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--batch-size", type=int, help="global batch over all processes")
+    o.add_argument("--val-fraction", type=float)
+    o.add_argument("--seed", type=int)
+    o.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
+    o.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    o.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    o.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    o.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    o.add_argument("--workers", type=int)
+    o.add_argument("--checkpoint-every", type=int)
+    return p.parse_args(argv)
+
+
+OVERRIDES = ("arch", "latent", "activation", "widths", "normalisation", "loss", "lr", "epochs",
+             "batch_size", "val_fraction", "seed", "deterministic", "device", "precision",
+             "channels_last", "compile", "workers", "checkpoint_every")
+
+
+def load_params(path: Path, source: str, overrides: dict[str, Any] | None = None) -> TrainParams:
+    """``train.common`` merged with ``train.<source>`` and the non-None ``overrides``.
+
+    A missing params file is allowed (all defaults) only when it is the default path.
+    """
+    data: dict[str, Any] = {}
+    if Path(path).exists() or Path(path) != DEFAULT_PARAMS:
+        data = read_params_file(path)
+    section = data.get("train", {}) or {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{path}: section 'train' must be a mapping")
+    merged: dict[str, Any] = {}
+    for name in ("common", source):
+        part = section.get(name, {}) or {}
+        if not isinstance(part, dict):
+            raise ParamsError(f"{path}: section 'train.{name}' must be a mapping")
+        merged.update(part)
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(TrainParams, merged, where=f"{path}: train.{source}")
+
+
+# --- environment: devices, processes, seeds ---------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a UserError."""
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            cuda = torch.version.cuda
+            build = "a CPU-only build" if cuda is None else f"CUDA {cuda}"
+            raise UserError(f"--device cuda: no CUDA device available (torch {torch.__version__},"
+                            f" {build}); use --device cpu or auto")
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s)")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup_distributed(kind: str) -> Dist:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (nccl on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(kind, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python/numpy/torch/CUDA RNG states in types that ``torch.load(weights_only=True)`` reads."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    key = key.numpy().astype(np.uint32)
+    np.random.set_state((kind, key, int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):  # fewer GPUs than when saved
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- data --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TileFileInfo:
+    path: Path
+    count: int
+    bands: int
+    tile: int
+    stats: dict[str, Any] | None
+
+
+def resolve_tile_file(tiles: Path, name: str = "train.h5") -> Path:
+    """``tiles`` is a folder holding ``name`` or the .h5 file itself."""
+    path = tiles / name if tiles.is_dir() else tiles
+    if not path.is_file():
+        raise ProductError(path, "tile file not found (run the tiles stage first)")
+    return path
+
+
+def inspect_tile_file(path: Path) -> TileFileInfo:
+    """Shape and statistics of a tile file; ProductError when it is unusable or empty."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "tiles" not in f:
+                raise ProductError(path, "no 'tiles' dataset (not a tile file of pipeline.tiles)")
+            shape = f["tiles"].shape
+            stats_text = f.attrs.get("stats")
+    except OSError as exc:
+        raise ProductError(path, f"cannot open as HDF5 ({exc})") from None
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise ProductError(path, f"'tiles' has shape {shape}, expected (N, bands, H, W), H == W")
+    if shape[0] == 0:
+        raise ProductError(path, "holds no tiles (0 tiles; check the split and tiles stages)")
+    stats = None
+    if stats_text is not None:
+        if isinstance(stats_text, bytes):
+            stats_text = stats_text.decode()
+        with contextlib.suppress(ValueError, TypeError):
+            stats = json.loads(stats_text)
+    return TileFileInfo(path, int(shape[0]), int(shape[1]), int(shape[2]), stats)
+
+
+def tile_products(path: Path, count: int) -> np.ndarray | None:
+    """Product id of every tile from the ``index`` dataset, or None when there is none."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "index" not in f:
+            return None
+        index = f["index"]
+        if index.dtype.names:
+            names = index.dtype.names
+            field = next((n for n in names if "product" in n.lower()), names[0])
+            col = index.fields(field)[:] if hasattr(index, "fields") else index[field]
+        elif index.ndim == 2:
+            col = index[:, 0]
+        else:
+            col = index[:]
+    if len(col) != count:
+        return None
+    return np.array([c.decode() if isinstance(c, bytes) else str(c) for c in col])
+
+
+def split_train_val(
+    products: np.ndarray | None, count: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Tile indices (train, val) with whole products held out; returns a description too."""
+    all_idx = np.arange(count)
+    if fraction <= 0:
+        return all_idx, all_idx[:0], "no validation (val_fraction 0)"
+    rng = np.random.default_rng(seed)
+    if products is not None:
+        unique = np.unique(products)
+        if len(unique) >= 2:
+            n_val = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+            held = set(rng.permutation(unique)[:n_val].tolist())
+            mask = np.array([p in held for p in products])
+            return (all_idx[~mask], all_idx[mask],
+                    f"validation: {n_val} of {len(unique)} products ({mask.sum()} tiles)")
+    if count < 2:
+        warnings.warn("only one tile: training without validation", stacklevel=2)
+        return all_idx, all_idx[:0], "no validation (1 tile)"
+    n_val = min(count - 1, max(1, round(fraction * count)))
+    perm = rng.permutation(count)
+    warnings.warn("the tile file has a single product (or no index): validation tiles are drawn "
+                  "at random and share products with training tiles", stacklevel=2)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), f"validation: {n_val} random tiles"
+
+
+def make_dataset(path: Path, normalisation: str) -> Dataset:
+    from training.data import TileDataset  # the dataset helper's module
+
+    return TileDataset(path, normalisation=normalisation)
+
+
+# --- training ----------------------------------------------------------------------------
+
+def _loss_terms(
+    logits: torch.Tensor, x: torch.Tensor, loss: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mse) in float32. BCE is computed from logits (stable, autocast-safe) against
+    targets clamped to [0, 1]; the MSE is on the sigmoid output."""
+    logits = logits.float()
+    x = x.float()
+    y = torch.sigmoid(logits)
+    mse = F.mse_loss(y, x)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, x.clamp(0.0, 1.0)), mse
+    return mse, mse
+
+
+def _psnr(mse: float) -> float:
+    return 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def _trim_dvclive_history(live_dir: Path, first_step: int) -> None:
+    """Drop DVCLive history rows logged after the checkpoint we resume from."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(tsv, newline="") as fh:
+            rows = list(csv.reader(fh, delimiter="\t"))
+        if not rows or "step" not in rows[0]:
+            continue
+        col = rows[0].index("step")
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[col]) < first_step]
+        with open(tsv, "w", newline="") as fh:
+            csv.writer(fh, delimiter="\t", lineterminator="\n").writerows(keep)
+
+
+class _NullLive:
+    step = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+def _open_live(out: Path, resume: bool, first_step: int) -> Any:
+    from dvclive import Live
+
+    live_dir = out / "dvclive"
+    if resume:
+        _trim_dvclive_history(live_dir, first_step)
+    live = Live(dir=str(live_dir), resume=resume, report=None, save_dvc_exp=False,
+                dvcyaml=None, monitor_system=False)
+    live.step = first_step
+    return live
+
+
+class Trainer:
+    """The loop: one instance per process; only rank 0 writes files."""
+
+    def __init__(self, params: TrainParams, source: str, tiles: Path, out: Path, dist_: Dist,
+                 progress: bool | None = None) -> None:
+        self.p = params
+        self.source = source
+        self.out = out
+        self.d = dist_
+        self.dev = dist_.device
+        self.info = inspect_tile_file(resolve_tile_file(tiles))
+        info = self.info
+        if params.bands is not None and params.bands != info.bands:
+            raise UserError(f"{info.path.name}: tiles have {info.bands} bands but params ask for "
+                            f"bands={params.bands}")
+        if params.tile is not None and params.tile != info.tile:
+            raise UserError(f"{info.path.name}: tiles are {info.tile}x{info.tile} but params ask "
+                            f"for tile={params.tile}")
+        self.normalisation = (PAPER_NORMALISATION[source] if params.normalisation == "auto"
+                              else params.normalisation)
+        if params.loss == "bce" and self.normalisation == "zscore":
+            raise ParamsError("loss 'bce' needs tiles in [0, 1]; normalisation 'zscore' is not")
+        if params.batch_size % dist_.world:
+            raise ParamsError(f"batch_size {params.batch_size} is not divisible by the "
+                              f"{dist_.world} processes")
+        self.local_batch = params.batch_size // dist_.world
+        self.use_cuda = self.dev.type == "cuda"
+        self.amp_dtype = (torch.bfloat16 if params.precision == "bf16"
+                          or (params.precision == "auto" and self.use_cuda) else None)
+        self.channels_last = params.channels_last and self.use_cuda
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and dist_.main
+
+        dataset = make_dataset(info.path, self.normalisation)
+        if len(dataset) != info.count:
+            raise ProductError(info.path,
+                               f"dataset reports {len(dataset)} tiles, file {info.count}")
+        products = tile_products(info.path, info.count)
+        train_idx, val_idx, self.split_desc = split_train_val(
+            products, info.count, params.val_fraction, params.seed)
+        self.train_set = Subset(dataset, train_idx.tolist())
+        self.val_set = Subset(dataset, val_idx[dist_.rank::dist_.world].tolist())
+        self.n_val = len(val_idx)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=dist_.world,
+                                          rank=dist_.rank, shuffle=True, seed=params.seed)
+        self.generator = torch.Generator()
+        loader_kw: dict[str, Any] = {
+            "batch_size": self.local_batch, "num_workers": params.workers,
+            "pin_memory": self.use_cuda, "worker_init_fn": _seed_worker,
+        }
+        if params.workers > 0:
+            loader_kw.update(persistent_workers=True, prefetch_factor=4)
+        self.train_loader = DataLoader(self.train_set, sampler=self.sampler,
+                                       generator=self.generator, **loader_kw)
+        self.val_loader = DataLoader(self.val_set, shuffle=False, **loader_kw)
+
+        torch.manual_seed(params.seed)
+        self.model = build_model(arch=params.arch, bands=info.bands, tile=info.tile,
+                                 latent=params.latent, activation=params.activation,
+                                 widths=params.widths)
+        self.model.to(self.dev)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.steps_per_epoch = len(self.train_loader)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=params.epochs * self.steps_per_epoch, eta_min=0.0)
+        self.net: nn.Module = self.model
+        if params.compile:
+            self.net.compile()  # in place, before DDP wraps it
+        if dist_.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.dev.index] if self.use_cuda else None)
+        self.start_epoch = 0
+        self.best = math.inf
+        self.history: list[dict[str, float]] = []
+
+    # --- config & checkpoints ---
+    def config(self) -> dict[str, Any]:
+        cfg = self.model.config()
+        cfg.update(normalisation=self.normalisation, source=self.source, loss=self.p.loss,
+                   lr=self.p.lr, epochs=self.p.epochs, batch_size=self.p.batch_size,
+                   val_fraction=self.p.val_fraction, seed=self.p.seed,
+                   tiles=str(self.info.path))
+        return cfg
+
+    def _state(self, epoch: int, full: bool) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "config": self.config(), "model": self.model.state_dict(), "epoch": epoch,
+            "stats": self.info.stats, "metrics": self.history[-1] if self.history else {},
+            "best": self.best, "params": to_dict(self.p), "torch_version": str(torch.__version__),
+        }
+        if full:
+            state.update(optimizer=self.optimizer.state_dict(),
+                         scheduler=self.scheduler.state_dict(), rng=rng_state(),
+                         sampler_epoch=epoch, history=self.history)
+        return state
+
+    def _barrier(self) -> None:
+        if self.d.world > 1:
+            dist.barrier()
+
+    def save(self, name: str, epoch: int, full: bool = True) -> None:
+        if self.d.main:
+            save_checkpoint(self.out / name, self._state(epoch, full))
+        self._barrier()
+
+    def resume(self, path: Path) -> None:
+        if not path.is_file():
+            raise ProductError(path, "checkpoint to resume from not found")
+        try:
+            ckpt = torch.load(path, map_location=self.dev, weights_only=True)
+        except Exception as exc:
+            raise ProductError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+            raise ProductError(path, "not a training checkpoint (use last.pt, not best.pt)")
+        old = ckpt["config"]
+        if old.get("bands") != self.info.bands or old.get("tile") != self.info.tile:
+            raise UserError(f"{path.name}: model is {old.get('bands')} bands x "
+                            f"{old.get('tile')} px "
+                            f"but {self.info.path.name} has {self.info.bands} x {self.info.tile}")
+        new = self.config()
+        diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS
+                if json.dumps(old.get(k)) != json.dumps(new.get(k))]
+        if diff:
+            raise UserError(f"{path.name}: settings differ from the checkpoint "
+                            f"({'; '.join(diff)}); "
+                            "resume with the same settings or start afresh without --resume")
+        self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.best = float(ckpt.get("best", math.inf))
+        self.history = list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"])
+
+    # --- loop ---
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype)
+
+    def _batches(self, loader: DataLoader) -> Iterator[torch.Tensor]:
+        for x in loader:
+            if isinstance(x, (list, tuple)):
+                x = x[0]
+            x = x.to(self.dev, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x
+
+    def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
+        if self.d.world > 1:
+            sums = sums.to(self.dev)
+            dist.all_reduce(sums)
+        return sums.cpu()
+
+    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float]:
+        self.net.train()
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self.p.seed + epoch)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
+        for x in self._batches(self.train_loader):
+            with self._autocast():
+                logits = self.net(x, logits=True)
+            loss, mse = _loss_terms(logits, x, self.p.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            n = x.shape[0]
+            sums += torch.stack([loss.detach().double() * n, mse.detach().double() * n,
+                                 torch.tensor(float(n), dtype=torch.float64, device=self.dev)])
+            if bar is not None:
+                bar.update(n * self.d.world)
+        total = self._reduce(sums)
+        return float(total[0] / total[2]), float(total[1] / total[2])
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float] | None:
+        if self.n_val == 0:
+            return None
+        self.net.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
+        for x in self._batches(self.val_loader):
+            with self._autocast():
+                logits = self.model(x, logits=True)  # no DDP hooks needed for inference
+            loss, mse = _loss_terms(logits, x, self.p.loss)
+            n = x.shape[0]
+            sums += torch.stack([loss.double() * n, mse.double() * n,
+                                 torch.tensor(float(n), dtype=torch.float64, device=self.dev)])
+        total = self._reduce(sums)
+        return float(total[0] / total[2]), float(total[1] / total[2])
+
+    def _oom(self, exc: BaseException) -> UserError:
+        half = max(1, self.p.batch_size // 2)
+        where = f"{self.dev}" + (f" x{self.d.world}" if self.d.world > 1 else "")
+        return UserError(
+            f"out of memory on {where} at batch size {self.p.batch_size} ({self.local_batch} per "
+            f"process, {self.info.bands}x{self.info.tile}x{self.info.tile} tiles, arch "
+            f"{self.p.arch}); try --batch-size {half}, bf16 (--precision bf16) or more GPUs")
+
+    def fit(self, live: Any, stop_after: int | None = None) -> dict[str, float]:
+        p = self.p
+        remaining = p.epochs - self.start_epoch
+        bar = None
+        if self.progress and remaining > 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=remaining * self.steps_per_epoch * self.local_batch * self.d.world,
+                       unit="tile", unit_scale=True, dynamic_ncols=True, desc="train")
+        last: dict[str, float] = self.history[-1] if self.history else {}
+        try:
+            for epoch in range(self.start_epoch, p.epochs):
+                t0 = time.perf_counter()
+                try:
+                    train_loss, train_mse = self.train_epoch(epoch, bar)
+                    val = self.validate()
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise self._oom(exc) from None
+                except RuntimeError as exc:
+                    if "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
+                        raise self._oom(exc) from None
+                    raise
+                seconds = time.perf_counter() - t0
+                done = epoch + 1
+                last = {"epoch": done, "train_loss": train_loss, "train_psnr": _psnr(train_mse),
+                        "lr": self.scheduler.get_last_lr()[0], "seconds": seconds,
+                        "tiles_per_s": len(self.train_set) / seconds if seconds > 0 else 0.0}
+                if val is not None:
+                    last.update(val_loss=val[0], val_psnr=_psnr(val[1]))
+                self.history.append(last)
+                score = last.get("val_loss", train_loss)
+                if self.d.main:
+                    live.step = epoch
+                    for key, name in (("train_loss", "train/loss"), ("train_psnr", "train/psnr"),
+                                      ("val_loss", "val/loss"), ("val_psnr", "val/psnr"),
+                                      ("lr", "lr")):
+                        if key in last:
+                            live.log_metric(name, last[key])
+                    live.next_step()
+                    msg = (f"epoch {done}/{p.epochs}: train loss {train_loss:.6f} psnr "
+                           f"{last['train_psnr']:.2f} dB")
+                    if val is not None:
+                        msg += f" | val loss {last['val_loss']:.6f} psnr {last['val_psnr']:.2f} dB"
+                    msg += f" | {last['tiles_per_s']:.1f} tiles/s"
+                    (bar.write if bar is not None else print)(msg)
+                if score < self.best:
+                    self.best = score
+                    self.save("best.pt", done, full=False)
+                stopping = stop_after is not None and done >= stop_after
+                if done % p.checkpoint_every == 0 or done == p.epochs or stopping:
+                    self.save("last.pt", done)
+                if stopping and done < p.epochs:
+                    if self.d.main:
+                        print(f"stopped after epoch {done} of {p.epochs}; continue with --resume")
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return last
+
+
+def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str | None = None,
+          stop_after: int | None = None, progress: bool | None = None) -> dict[str, float]:
+    """Run (or continue) a training; returns the last epoch's metrics."""
+    seed_everything(params.seed, params.deterministic)
+    d = setup_distributed(params.device)
+    try:
+        trainer = Trainer(params, source, tiles, out, d, progress=progress)
+        if resume is not None:
+            trainer.resume(out / "last.pt" if resume == "last" else Path(resume))
+        if d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            amp = "bf16 autocast" if trainer.amp_dtype is not None else "fp32"
+            print(trainer.model.describe())
+            print(f"data: {trainer.info.path} {trainer.info.count} tiles "
+                  f"({trainer.info.bands}x{trainer.info.tile}x{trainer.info.tile}), "
+                  f"normalisation {trainer.normalisation}, {trainer.split_desc}; "
+                  f"train {len(trainer.train_set)} tiles")
+            print(f"run: {params.epochs} epochs, batch {params.batch_size} "
+                  f"({d.world} x {trainer.local_batch}), loss {params.loss}, Adam lr {params.lr}, "
+                  f"cosine to 0; {d.device} {amp}"
+                  f"{', channels_last' if trainer.channels_last else ''}"
+                  f"{', compiled' if params.compile else ''}"
+                  f"{', deterministic' if params.deterministic else ''}"
+                  f"{f', resuming after epoch {trainer.start_epoch}' if resume else ''}")
+        live = (_open_live(out, resume is not None, trainer.start_epoch) if d.main
+                else _NullLive())
+        if d.main and resume is None:
+            live.log_params({"source": source, **to_dict(params),
+                             "normalisation": trainer.normalisation})
+        try:
+            return trainer.fit(live, stop_after=stop_after)
+        finally:
+            if d.main:
+                live.end()
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@cli_entry("python -m training.train")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: getattr(args, k) for k in OVERRIDES}
+    params = load_params(args.params, args.source, overrides)
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise ParamsError("--stop-after-epoch must be >= 1")
+    train(params, args.source, args.tiles, args.out, resume=args.resume,
+          stop_after=args.stop_after_epoch, progress=args.progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
