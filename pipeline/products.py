@@ -146,6 +146,26 @@ class Product:
         return (self.bands, self.lines, self.samples)
 
 
+class ArrayProduct(Product):
+    """An in-memory product (B, L, S) with an optional (L, S) pixel mask (tests, benchmarks)."""
+
+    def __init__(
+        self, product_id: str, data: np.ndarray, valid: np.ndarray | None = None,
+        wavelengths: np.ndarray | None = None, wavelength_unit: str | None = None,
+    ) -> None:
+        self.product_id = product_id
+        self._data, self._valid = data, valid
+        self.bands, self.lines, self.samples = (int(v) for v in data.shape)
+        self.dtype = np.dtype(data.dtype)
+        self.wavelengths, self.wavelength_unit = wavelengths, wavelength_unit
+        self.band_names = None
+        self.line_numbers = np.arange(self.lines)
+
+    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        valid = None if self._valid is None else self._valid[start:stop]
+        return self._data[:, start:stop], valid
+
+
 class VirtisProduct(Product):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         from parsers import virtis

@@ -34,7 +34,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -285,8 +285,16 @@ def write_split_tiles(
     options: dict[str, Any] | None = None,
     progress: bool = True,
     extra_attrs: dict[str, Any] | None = None,
+    opener: Callable[[ProductRef], Product] | None = None,
 ) -> dict[str, Any]:
-    """Tile every product of ``refs`` into ``out`` (HDF5); return the counts."""
+    """Tile every product of ``refs`` into ``out`` (HDF5); return the counts.
+
+    ``opener`` opens a product (default: the source's reader via :func:`open_product`).
+    """
+    if opener is None:
+        def opener(ref: ProductRef) -> Product:
+            return open_product(source, ref.path, options)
+
     from tqdm import tqdm
 
     refs = sorted(refs, key=lambda r: r.product_id)
@@ -303,7 +311,7 @@ def write_split_tiles(
         level=params.compression_level,
     ) as writer:
         for ref in bar:
-            product = open_product(source, ref.path, options)
+            product = opener(ref)
             if product.bands != n_bands:
                 raise UserError(
                     f"{ref.path}: {product.bands} bands, the statistics have {n_bands}"

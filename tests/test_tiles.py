@@ -1,0 +1,112 @@
+"""HDF5 tile files: content, order, chunking, attributes, dropped tiles, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+from tile_fixtures import build
+
+from pipeline.products import ArrayProduct, ProductRef
+from pipeline.tiles import TileParams, tile_array, write_split_tiles
+
+
+def expected_tiles(cubes, size, stride, max_invalid):
+    """Tiles cut with numpy from the whole arrays, in product-id order."""
+    tiles, where, dropped = [], [], 0
+    for pid in sorted(cubes):
+        cube, valid = cubes[pid]
+        t, offsets = tile_array(cube, size, stride)
+        bad = ~np.isfinite(t) if t.dtype.kind == "f" else np.zeros(t.shape, bool)
+        if valid is not None:
+            m, _ = tile_array(valid[None], size, stride)
+            bad |= ~m
+        frac = bad.reshape(len(t), -1).mean(1)
+        keep = frac <= max_invalid
+        dropped += int((~keep).sum())
+        tiles.append(t[keep])
+        where += [(pid, *o) for o, k in zip(offsets, keep, strict=True) if k]
+    return np.concatenate(tiles), where, dropped
+
+
+@pytest.mark.parametrize("source", ["virtis", "sentinel2"])
+@pytest.mark.parametrize("stride", [None, 10])
+def test_content_order_chunking_attrs(tmp_path, source, stride):
+    path, cubes, _doc, counts = build(tmp_path, source, size=16, stride=stride)
+    want, where, dropped = expected_tiles(cubes, 16, stride, 0.05)
+    assert dropped > 0 and counts["dropped_invalid"] == dropped
+    with h5py.File(path, "r") as f:
+        tiles = f["tiles"]
+        assert tiles.shape == want.shape and tiles.chunks == (1, *want.shape[1:])
+        assert tiles.dtype == (np.float32 if source == "virtis" else np.uint16)
+        assert tiles.fletcher32
+        np.testing.assert_array_equal(tiles[()], want)  # NaN compare equal here
+        idx = f["index"][()]
+        got = [(r["product_id"].decode(), int(r["line0"]), int(r["sample0"])) for r in idx]
+        assert got == where
+        assert f.attrs["source"] == source and f.attrs["split"] == "train"
+        assert f.attrs["tiles_kept"] == len(want)
+        assert f.attrs["tiles_dropped_invalid"] == dropped
+        assert json.loads(f.attrs["stats"])["bands"] == want.shape[1]
+        assert json.loads(f.attrs["params"])["size"] == 16
+        assert f.attrs["software_version"]
+        assert f["wavelength"].shape == (want.shape[1],)
+        assert ("valid" in f) == (source == "sentinel2")
+        assert np.all(f["invalid_fraction"][()] <= 0.05)
+
+
+def test_same_inputs_same_file_content(tmp_path):
+    a, *_ = build(tmp_path / "a", "virtis")
+    b, *_ = build(tmp_path / "b", "virtis")
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        np.testing.assert_array_equal(fa["tiles"][()], fb["tiles"][()])
+        assert (fa["index"][()] == fb["index"][()]).all()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none", "blosc2-lz4"])
+def test_other_compressions_roundtrip(tmp_path, compression):
+    path, cubes, *_ = build(tmp_path, "sentinel2", compression=compression)
+    want, _, _ = expected_tiles(cubes, 16, None, 0.05)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["tiles"][()], want)
+
+
+def test_exception_mid_write_leaves_no_file(tmp_path):
+    cube = np.ones((2, 40, 40), np.float32)
+
+    class Boom(ArrayProduct):
+        def read_block(self, start, stop):
+            if start >= 16:
+                raise RuntimeError("disk on fire")
+            return super().read_block(start, stop)
+
+    out = tmp_path / "t" / "train.h5"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_split_tiles(
+            out, "virtis", "train", [ProductRef("p", tmp_path / "p")], TileParams(size=16),
+            {"bands": 2, "dtype": "float32"}, progress=False,
+            opener=lambda ref: Boom("p", cube),
+        )
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_band_mismatch_is_a_user_error(tmp_path):
+    from parsers.errors import UserError
+
+    with pytest.raises(UserError, match="bands"):
+        write_split_tiles(
+            tmp_path / "x.h5", "virtis", "train", [ProductRef("p", tmp_path / "p")],
+            TileParams(size=8), {"bands": 3, "dtype": "float32"}, progress=False,
+            opener=lambda ref: ArrayProduct("p", np.zeros((2, 8, 8), np.float32)),
+        )
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_tile_array_edges_are_not_padded():
+    cube = np.arange(2 * 10 * 7, dtype=np.float32).reshape(2, 10, 7)
+    tiles, where = tile_array(cube, 4, 3)
+    assert where == [(0, 0), (0, 3), (3, 0), (3, 3), (6, 0), (6, 3)]
+    np.testing.assert_array_equal(tiles[3], cube[:, 3:7, 3:7])
