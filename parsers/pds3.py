@@ -193,6 +193,7 @@ class Cube:
     lines_available: int
     file_size: int
     warnings: list[str] = field(default_factory=list)
+    band_scale: np.ndarray | None = None
     _mm: Any = field(default=None, repr=False)
     _dtypes: Any = field(default=None, repr=False)
 
@@ -336,7 +337,13 @@ class Cube:
         self._materialise(core, out)
         perm = [2 - self.axes.index(a) for a in AXIS_NAMES]
         result = out.transpose(*perm)
+        self._scale_bands(result, slice(None))
         return np.ascontiguousarray(result) if contiguous else result
+
+    def _scale_bands(self, data: np.ndarray, bands: slice) -> None:
+        """Per-band factors (mission quirks such as geometry planes), in place."""
+        if self.band_scale is not None:
+            data *= self.band_scale[bands].astype(np.float32)[:, None, None]
 
     def _window_view(self, lines: slice, samples: slice, bands: slice) -> np.ndarray:
         st = self.stored()
@@ -352,10 +359,10 @@ class Cube:
         # chunk along the file's outermost axis position in memory order
         outer = AXIS_NAMES.index(self.axes[2])
         if outer == 0:
-            return self._materialise(view, out)
-        vt = np.moveaxis(view, outer, 0)
-        ot = np.moveaxis(out, outer, 0)
-        self._materialise(vt, ot)
+            self._materialise(view, out)
+        else:
+            self._materialise(np.moveaxis(view, outer, 0), np.moveaxis(out, outer, 0))
+        self._scale_bands(out, bands)
         return out
 
     def read_lines(self, start: int, stop: int) -> np.ndarray:
