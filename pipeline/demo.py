@@ -99,7 +99,9 @@ def derive_params(
     return params
 
 
-def build_archives(root: Path, sizes: ArchiveSizes = DEMO_SIZES, seed: int = 0) -> tuple[Path, Path]:
+def build_archives(
+    root: Path, sizes: ArchiveSizes = DEMO_SIZES, seed: int = 0
+) -> tuple[Path, Path]:
     """Write the synthetic PSA archive and STAC catalogue under ``root``; return both roots."""
     from pipeline.servers.stac import build_stac_catalogue
     from pipeline.synthetic_archive import build_psa_archive
@@ -143,7 +145,8 @@ def stage_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     env = dict(os.environ if base is None else base)
     bindir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bindir, *[p for p in env.get("PATH", "").split(os.pathsep) if p]])
+    rest = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir]
+    env["PATH"] = os.pathsep.join([bindir, *rest])
     for key in ("NO_PROXY", "no_proxy"):
         hosts = [h for h in env.get(key, "").split(",") if h]
         env[key] = ",".join(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
@@ -256,11 +259,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workdir", type=Path, default=None,
         help="folder for the archives and the DVC workspace (default: a fresh ./demo-workdir-*)",
     )
+    parser.add_argument(
+        "--tiny", action="store_true",
+        help="the end-to-end test's even smaller settings (about a minute less)",
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir or default_workdir()
+    overrides = {**DEMO_OVERRIDES, **TEST_OVERRIDES} if args.tiny else DEMO_OVERRIDES
+    sizes = TEST_SIZES if args.tiny else DEMO_SIZES
     started = time.monotonic()
     print(f"demo: building synthetic archives and the DVC workspace under {workdir}", flush=True)
-    with demo_session(workdir) as workspace:
+    with demo_session(workdir, overrides, sizes) as workspace:
         print(f"demo: dvc repro in {workspace}", flush=True)
         dvc(workspace, "repro")
     dvc(workspace, "metrics", "show")

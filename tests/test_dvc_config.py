@@ -29,15 +29,15 @@ EXPECTED_STAGES = {"download_pds", "download_sentinel2"} | {
 SECTION_CLASSES: dict[str, tuple[str, str]] = {
     "download_pds": ("pipeline.download_pds", "DownloadPdsParams"),
     "download_sentinel2": ("pipeline.download_sentinel2", "DownloadSentinel2Params"),
-    "sentinel2": ("pipeline.download_sentinel2", "Sentinel2Params"),
+    "sentinel2": ("parsers.sentinel2", "Sentinel2Settings"),
     "split": ("pipeline.split", "SplitParams"),
     "stats": ("pipeline.stats", "StatsParams"),
-    "tiles.virtis": ("pipeline.tiles", "TilesParams"),
-    "tiles.sentinel2": ("pipeline.tiles", "TilesParams"),
-    "train.virtis": ("training.train", "TrainParams"),
-    "train.sentinel2": ("training.train", "TrainParams"),
+    "tiles.virtis": ("pipeline.tiles", "VirtisTileParams"),
+    "tiles.sentinel2": ("pipeline.tiles", "Sentinel2TileParams"),
     "evaluate": ("training.evaluate", "EvaluateParams"),
 }
+#: Sections that exist for symmetry only (the VIRTIS reader takes no settings): must be empty.
+EMPTY_SECTIONS = ("virtis",)
 
 #: Project modules that cannot change a stage's outputs (error reporting, atomic renames,
 #: the params loader): they are deliberately not stage deps, so editing them reruns nothing.
@@ -131,6 +131,24 @@ def test_params_section_loads_with_its_dataclass(section: str) -> None:
     assert written == fields, f"{section}: missing {sorted(fields - written)}"
 
 
+@pytest.mark.parametrize("source", SOURCES)
+def test_train_sections_merge_into_train_params(source: str) -> None:
+    """train.common + train.<source> hold every TrainParams field exactly once."""
+    train = pytest.importorskip("training.train")
+    settings = train.load_params(PARAMS, source)
+    sections = read_params_file(PARAMS)["train"]
+    common, own = set(sections["common"]), set(sections[source])
+    assert not common & own, f"train.common and train.{source} both set {sorted(common & own)}"
+    fields = {f.name for f in dataclasses.fields(settings) if f.init}
+    assert common | own == fields, f"train.{source}: missing {sorted(fields - common - own)}"
+
+
+def test_placeholder_sections_are_empty() -> None:
+    params = read_params_file(PARAMS)
+    for name in EMPTY_SECTIONS:
+        assert params[name] == {}, f"section {name} must stay empty (no loader reads it)"
+
+
 def test_stage_deps_are_exact_code_closure(stages) -> None:
     """Each stage depends on its module and everything it imports from the project."""
     for name, stage in stages.items():
@@ -163,14 +181,18 @@ def test_top_level_rd_plot_overlays_both_sources() -> None:
     assert set(rd["y"]) == {f"eval/{s}/rd.csv" for s in SOURCES}
 
 
-def test_repro_dry_plans_every_stage_in_order(tmp_path: Path) -> None:
+def test_repro_dry_plans_every_stage_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In a fresh workspace, `dvc repro --dry` plans all stages, downloads first."""
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy2(REPO_ROOT / name, tmp_path / name)
     for package in PACKAGES:
         shutil.copytree(REPO_ROOT / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    repo = dvc_repo.Repo.init(str(tmp_path), no_scm=True)
+    monkeypatch.chdir(tmp_path)  # reproduce() collects the targets relative to the cwd
+    dvc_repo.Repo.init(str(tmp_path), no_scm=True).close()
+    repo = dvc_repo.Repo(str(tmp_path))
     try:
         planned = [stage.addressing for stage in repo.reproduce(dry=True)]
     finally:
