@@ -83,6 +83,13 @@ SCL_CLASSES: dict[int, str] = {
 # Classes a tile should not contain: no data, defective, cloud shadow, clouds, cirrus.
 SCL_REJECT: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
 
+# Asset keys of Earth Search's sentinel-2-l2a / sentinel-2-c1-l2a STAC items.
+STAC_ASSET_BANDS: dict[str, str] = {
+    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
+    "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",
+    "cirrus": "B10", "swir16": "B11", "swir22": "B12",
+}
+
 NODATA = 0
 SATURATED = 65535
 Resampling = Literal["nearest", "bilinear"]
@@ -788,6 +795,9 @@ def read_band_folder(path: str | os.PathLike[str], bands: Sequence[str] = DEFAUL
         files = found.get(band, [])
         if not files:
             raise ProductError(path, f"band {band} not found (no *_{band}.tif / .jp2 file)")
+        if len(files) > 1:  # e.g. T32TNR_..._B02_10m.jp2 and ..._B02_20m.jp2: native first
+            native = [f for f in files if f.stem.endswith(f"_{NATIVE_RESOLUTION[band]}m")]
+            files = native if len(native) == 1 else files
         if len(files) > 1:
             raise ProductError(path, f"band {band} is ambiguous: "
                                      f"{', '.join(f.name for f in files)}")
@@ -880,9 +890,9 @@ def read_assets(assets: Mapping[str, str], bands: Sequence[str] = DEFAULT_BANDS,
                 product_id: str | None = None, level: str | None = None,
                 baseline: str | None = None,
                 metadata: str | os.PathLike[str] | None = None) -> S2Stack:
-    """Read STAC item assets: ``assets`` maps band names (``B02``; also Earth Search style
-    ``blue``... are NOT guessed) and optionally ``SCL`` to hrefs (paths, http(s) URLs or
-    ``/vsicurl/`` paths).
+    """Read STAC item assets: ``assets`` maps band names (``B02``, ``b8a``, or Earth Search's
+    keys ``blue``, ``nir08``, ... see :data:`STAC_ASSET_BANDS`) and optionally ``SCL``/``scl``
+    to hrefs (paths, http(s) URLs or ``/vsicurl/`` paths). Other keys are ignored.
 
     ``offsets`` are DN offsets per band (or one for all), e.g. derived from STAC
     ``raster:bands`` as ``offset / scale`` (-0.1 / 0.0001 = -1000); without them the MTD xml
@@ -894,6 +904,9 @@ def read_assets(assets: Mapping[str, str], bands: Sequence[str] = DEFAULT_BANDS,
     for key, href in assets.items():
         if str(key).upper() == "SCL":
             scl_href = str(href)
+            continue
+        if str(key).lower() in STAC_ASSET_BANDS:
+            normalised[STAC_ASSET_BANDS[str(key).lower()]] = str(href)
             continue
         with contextlib.suppress(ParamsError):
             normalised[normalise_band_name(key)] = str(href)

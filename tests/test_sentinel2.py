@@ -146,6 +146,10 @@ def test_ukis_pysat_pb0400_offset_is_harmonised_from_the_mtd():
         toa = src.read()
     for i, band in enumerate(s2.DEFAULT_BANDS):
         np.testing.assert_allclose(toa[s2.ALL_BANDS.index(band)] * 10000, stack.data[i], atol=0.5)
+    with pytest.raises(ProductError, match="data type float32, expected integer DNs"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its name says PB 04.00, and no _toa_MTD.xml exists
+        s2.read(realdata(f"{S2}/ukis_pysat/{UKIS_NEW}_toa.tif"))
     raw_stack = s2.read(tif, harmonise=False)
     assert not raw_stack.harmonised and raw_stack.offsets["B02"] == -1000
     np.testing.assert_array_equal(raw_stack.data.astype(int) - 1000, stack.data)
@@ -340,6 +344,13 @@ def test_stac_assets_local_and_over_http(tmp_path):
                     product_id="S2A_MSIL2A_20170703T101031_N0500_R022_T32TNR_x")
     assert local.baseline == "05.00" and local.harmonised
     np.testing.assert_array_equal(local.data, _expected(scene, s2.DEFAULT_BANDS))
+    earth_search = {"blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
+                    "rededge2": "B06", "rededge3": "B07", "nir": "B08", "swir16": "B11",
+                    "swir22": "B12", "scl": "SCL", "thumbnail": None}
+    named = s2.read({k: str(files[b]) if b else "x.jpg" for k, b in earth_search.items()},
+                    offsets=-1000)
+    np.testing.assert_array_equal(named.data, local.data)
+    np.testing.assert_array_equal(named.scl, local.scl)
     with static.serve_directory(tmp_path) as base:
         assets = {b: f"{base}{p.name}" for b, p in files.items()}
         part = s2.read(assets, window=(48, 0, 48, 48), offsets={b: -1000 for b in files
