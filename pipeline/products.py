@@ -83,8 +83,15 @@ def _product_path(root: Path, source: str, paths: Sequence[str]) -> Path:
     return root.joinpath(*common)
 
 
-def list_products(products_dir: str | os.PathLike[str], source: str) -> list[ProductRef]:
-    """Products listed in ``DIR/manifest.json``, sorted by product id; error if none."""
+def list_products(
+    products_dir: str | os.PathLike[str], source: str,
+    kinds: Sequence[str] | None = None, channels: Sequence[str] | None = None,
+) -> list[ProductRef]:
+    """Products listed in ``DIR/manifest.json``, sorted by product id; error if none.
+
+    ``kinds`` / ``channels``: keep only files whose manifest ``meta.kind`` / ``meta.channel``
+    is one of these (files without that metadata are kept); None or empty = no filter.
+    """
     from pipeline.manifest import MANIFEST_NAME, Manifest
 
     check_source(source)
@@ -97,10 +104,17 @@ def list_products(products_dir: str | os.PathLike[str], source: str) -> list[Pro
     groups: dict[str, list[str]] = {}
     metas: dict[str, dict[str, Any]] = {}
     for entry in manifest.files:
+        kind, channel = entry.meta.get("kind"), entry.meta.get("channel")
+        if kinds and kind and kind not in kinds:
+            continue
+        if channels and channel and channel not in channels:
+            continue
         groups.setdefault(entry.product_id, []).append(entry.path)
         metas.setdefault(entry.product_id, {}).update(entry.meta)
     if not groups:
-        raise UserError(f"{root / MANIFEST_NAME}: lists no products")
+        what = f" of kind {list(kinds)}" if kinds else ""
+        what += f" of channel {list(channels)}" if channels else ""
+        raise UserError(f"{root / MANIFEST_NAME}: lists no products{what}")
     refs = []
     for pid in sorted(groups):
         path = _product_path(root, source, sorted(groups[pid]))

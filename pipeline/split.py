@@ -28,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,10 @@ class SplitParams:
     group_by: ``product`` (each product on its own) or ``scene`` (products of the same
         VIRTIS observation / Sentinel-2 MGRS tile stay together).
     min_test, min_train: minimum number of keys per side when enough keys exist.
+    kinds: VIRTIS product kinds to use (manifest ``meta.kind``; ``cal`` = calibrated
+        radiance, the paper's data; ``raw`` DNs and ``geo`` geometry cubes are left out).
+    channels: VIRTIS channels to use (manifest ``meta.channel``), empty = all. Products of
+        different channels should not share statistics: list one channel per dataset.
     """
 
     seed: int = 1
@@ -57,6 +61,8 @@ class SplitParams:
     group_by: Literal["product", "scene"] = "product"
     min_test: int = 1
     min_train: int = 1
+    kinds: list[str] = field(default_factory=lambda: ["cal"])
+    channels: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.test_fraction < 1.0:
@@ -221,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         SplitParams, "split", args.params,
         {"seed": args.seed, "test_fraction": args.test_fraction},
     )
-    products = list_products(args.products, args.source)
+    virtis = args.source == "virtis"  # kinds/channels are VIRTIS metadata
+    products = list_products(args.products, args.source, params.kinds if virtis else None,
+                             params.channels if virtis else None)
     doc = write_split(args.out, args.source, args.products, params, products)
     print(
         f"{args.out}: {len(doc['train'])} train / {len(doc['test'])} test products "

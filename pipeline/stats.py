@@ -46,6 +46,7 @@ from parsers.errors import ParamsError, UserError
 from pipeline.params import DEFAULT_PARAMS, load_section, to_dict
 
 UINT16_BINS = 1 << 16
+CONNECT_TIMEOUT = "10s"  # how long to try reaching a tcp:// scheduler
 
 
 @dataclass(frozen=True)
@@ -493,7 +494,7 @@ def _compute_distributed(address: str, parts: list[Any], total: Any, bar: Any) -
             "--scheduler tcp://... needs dask.distributed: pip install 'sscnet-pipeline[cluster]'"
         ) from None
     try:
-        client = Client(address, timeout="10s", set_as_default=False)
+        client = Client(address, timeout=CONNECT_TIMEOUT)
     except OSError as exc:
         raise UserError(f"cannot reach the dask scheduler at {address}: {exc}") from None
     with client:

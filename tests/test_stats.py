@@ -148,3 +148,142 @@ def test_merge_rejects_other_band_count():
 def test_format_q_keys():
     assert [format_q(q) for q in (0.1, 99.9, 50.0, 1.0)] == ["0.1", "99.9", "50", "1"]
     json.dumps({format_q(0.1): 1})
+
+
+# --------------------------------------------------------------------------------------
+# Over real reader output (synthetic VIRTIS cubes with special values, Sentinel-2 SAFE)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def virtis_refs(tmp_path_factory):
+    from tile_fixtures import virtis_download_dir
+
+    from pipeline.products import list_products
+
+    root = virtis_download_dir(tmp_path_factory.mktemp("raw"), n=4, bands=24, lines=40)
+    return list_products(root, "virtis", ["cal"])
+
+
+def whole_array(source, refs, options=None):
+    from pipeline.products import open_product
+
+    cubes, masks = [], []
+    for r in refs:
+        p = open_product(source, r.path, options)
+        data, valid = p.read_block(0, p.lines)
+        cubes.append(data)
+        masks.append(np.ones(data.shape[1:], bool) if valid is None else valid)
+    return np.concatenate(cubes, axis=1), np.concatenate(masks, axis=0)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "task_lines", "chunk_mb"),
+    [("synchronous", 0, 32.0), ("threads", 7, 0.01), ("processes", 0, 0.02)],
+)
+def test_product_stats_equal_numpy_any_chunking_scheduler(virtis_refs, scheduler, task_lines,
+                                                          chunk_mb):
+    from pipeline.stats import compute_stats, make_tasks
+
+    cube, _ = whole_array("virtis", virtis_refs)
+    assert np.isnan(cube).any()  # the reader's special values are in there
+    tasks = make_tasks("virtis", virtis_refs, task_lines)
+    stats = compute_stats("virtis", tasks, SPEC, scheduler, workers=2, chunk_mb=chunk_mb,
+                          progress=False)
+    check_against_numpy(stats, cube)
+
+
+@pytest.mark.slow
+def test_distributed_two_workers_equal_serial(virtis_refs):
+    distributed = pytest.importorskip("distributed")
+    from pipeline.stats import compute_stats, make_tasks
+
+    tasks = make_tasks("virtis", virtis_refs, 13)
+    serial = compute_stats("virtis", tasks, SPEC, "synchronous", progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        remote = compute_stats("virtis", tasks, SPEC, cluster.scheduler_address,
+                               progress=False)
+    for name in ("count", "minimum", "maximum", "mean", "m2", "hist"):
+        np.testing.assert_array_equal(getattr(remote, name), getattr(serial, name))
+
+
+def test_unreachable_scheduler_is_a_user_error(virtis_refs, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr("pipeline.stats.CONNECT_TIMEOUT", "0.5s")
+    from parsers.errors import UserError
+    from pipeline.stats import compute_stats, make_tasks
+
+    with pytest.raises(UserError, match="cannot reach"):
+        compute_stats("virtis", make_tasks("virtis", virtis_refs[:1]), SPEC,
+                      "tcp://127.0.0.1:9", progress=False)
+
+
+def write_split_file(tmp_path, source, root, test_fraction=0.25):
+    from pipeline.split import main as split_main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"split: {{test_fraction: {test_fraction}, seed: 5}}\n"
+                      "stats: {scheduler: synchronous}\n")
+    out = tmp_path / "split.json"
+    assert split_main(["--params", str(params), "--source", source, "--products", str(root),
+                       "--out", str(out)]) == 0
+    return params, out
+
+
+def test_cli_stats_json_train_only(tmp_path, capsys):
+    from tile_fixtures import virtis_download_dir
+
+    from pipeline.split import read_split
+    from pipeline.stats import main
+
+    root = virtis_download_dir(tmp_path / "raw", n=4, bands=16, lines=24, samples=16)
+    params, split_path = write_split_file(tmp_path, "virtis", root)
+    out = tmp_path / "stats.json"
+    assert main(["--params", str(params), "--source", "virtis", "--split", str(split_path),
+                 "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    split = read_split(split_path)
+    assert doc["products"] == [p.product_id for p in split.train]
+    assert doc["bands"] == 16 and len(doc["wavelength"]) == 16
+    for key in ("count", "min", "max", "mean", "std", "percentiles"):
+        assert key in doc
+    assert set(doc["percentiles"]) >= {"0.1", "99.9"}
+    assert all(len(v) == 16 for v in doc["percentiles"].values())
+    cube, _ = whole_array("virtis", split.train)
+    np.testing.assert_allclose(doc["mean"], np.nanmean(cube.reshape(16, -1).astype(float), 1),
+                               rtol=1e-9)
+    assert doc["percentile_tolerance"]["relative"] == 2**-8
+
+
+def test_sentinel2_synthetic_through_the_s2_path(tmp_path):
+    from tile_fixtures import s2_download_dir
+
+    from pipeline.products import list_products
+    from pipeline.stats import compute_stats, make_tasks
+
+    refs = list_products(s2_download_dir(tmp_path / "raw", n=2, size=48), "sentinel2")
+    cube, valid = whole_array("sentinel2", refs)
+    assert cube.dtype == np.uint16 and not valid.all()
+    stats = compute_stats("sentinel2", make_tasks("sentinel2", refs), SPEC, "threads",
+                          chunk_mb=0.01, progress=False)
+    assert stats.spec.kind == "uint16"
+    check_against_numpy(stats, cube, valid)
+
+
+@pytest.mark.parametrize("relative", [
+    "sentinel2/bigearthnet/S2A_MSIL2A_20170613T101031_87_48",
+    "sentinel2/ukis_pysat/S2B_MSIL1C_20200406T101559_N0209_R065_T32UPC_20200406T130159.tif",
+])
+def test_real_sentinel2_samples(relative):
+    from conftest import realdata
+
+    from pipeline.products import ProductRef
+    from pipeline.stats import product_partial
+
+    path = realdata(relative)
+    ref = ProductRef(path.name, path)
+    cube, valid = whole_array("sentinel2", [ref])
+    stats = product_partial("sentinel2", path, SPEC, chunk_mb=0.05)
+    assert stats.bands == cube.shape[0] == 9
+    check_against_numpy(stats, cube, valid)

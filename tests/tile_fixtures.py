@@ -53,3 +53,55 @@ def build(tmp_path: Path, source: str = "virtis", size: int = 16, stride: int | 
     counts = write_split_tiles(out, source, "train", refs, params, doc, progress=False,
                                opener=opener)
     return out, cubes, doc, counts
+
+
+def write_manifest(root: Path, source: str, files: dict[str, tuple[Path, dict]]) -> Path:
+    """DIR/manifest.json for files already under ``root``: product id -> (path, meta)."""
+    from pipeline.fetch import sha256_file
+    from pipeline.manifest import Manifest, ManifestEntry
+
+    entries = []
+    for pid, (path, meta) in files.items():
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in paths:
+            rel = p.relative_to(root).as_posix()
+            entries.append(ManifestEntry(pid, rel, f"http://127.0.0.1/{rel}", p.stat().st_size,
+                                         sha256_file(p), dict(meta)))
+    return Manifest(source, {}, entries).write(root / "manifest.json")
+
+
+def virtis_download_dir(root: Path, n: int = 4, bands: int = 24, lines: int = 40,
+                        samples: int = 32, extra: dict | None = None) -> Path:
+    """A download folder of ``n`` synthetic calibrated VIRTIS-M VIS cubes (+ one geo cube)."""
+    from parsers.virtis_synthetic import write_virtis_product
+
+    root.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for i in range(n):
+        name = f"V1_{388238696 + 1000 * i:011d}.QUB"
+        path = write_virtis_product(root / "DATA" / name, kind="cal", bands=bands, lines=lines,
+                                    samples=samples, seed=i)
+        files[name] = (path, {"kind": "cal", "channel": "VIRTIS_M_VIS"})
+    geo = write_virtis_product(root / "GEOMETRY" / "V1_00388238696.GEO", kind="geo",
+                               lines=lines, samples=samples, seed=0)
+    files["V1_00388238696.GEO"] = (geo, {"kind": "geo", "channel": "VIRTIS_M_VIS"})
+    files.update(extra or {})
+    write_manifest(root, "virtis", files)
+    return root
+
+
+def s2_download_dir(root: Path, n: int = 3, size: int = 96) -> Path:
+    """A download folder of ``n`` synthetic Sentinel-2 L2A SAFE folders."""
+    import datetime as dt
+
+    from parsers.sentinel2_synthetic import write_safe_product
+
+    root.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for i in range(n):
+        date = dt.datetime(2017, 7, 3 + 5 * i, 10, 10, 31, tzinfo=dt.timezone.utc)
+        path = write_safe_product(root, size_10m=size, seed=i, date=date,
+                                  tile=("T32TNR", "T32TMR", "T32TNR")[i % 3])
+        files[path.name.removesuffix(".SAFE")] = (path, {})
+    write_manifest(root, "sentinel2", files)
+    return root
