@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training.models import load_checkpoint
-from training.train import main, split_train_val, tile_products
+from training.train import _loss_terms, main, split_train_val, tile_products
 
 h5py = pytest.importorskip("h5py")
 
@@ -52,6 +52,15 @@ def write_tiles(path: Path, n: int = 64, bands: int = 4, tile: int = 8, products
     return path
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiles_dir(tmp_path: Path) -> Path:
     write_tiles(tmp_path / "tiles" / "train.h5")
@@ -85,6 +94,7 @@ def test_tiny_run_end_to_end(tiles_dir: Path, tmp_path: Path, capsys) -> None:
     model, ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["config"]["normalisation"] == "paper_minmax"
     assert ckpt["config"]["source"] == "virtis" and ckpt["stats"]["bands"] == 4
+    assert ckpt["normaliser"]["mode"] == "paper_minmax" and len(ckpt["normaliser"]["scale"]) == 4
     assert model.latent_shape == (16,)
     last = torch.load(out / "last.pt", weights_only=True)
     assert {"optimizer", "scheduler", "rng", "epoch", "sampler_epoch"} <= set(last)
@@ -193,6 +203,25 @@ def test_product_split_holds_out_whole_products() -> None:
     with pytest.warns(UserWarning, match="single product"):
         train, val, _ = split_train_val(np.array(["a"] * 10), 10, 0.2, seed=0)
     assert len(val) == 2
+
+
+def test_loss_ignores_invalid_values() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    x = torch.rand(2, 3, 4, 4)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[0, :, :2] = False
+    x_bad = x.clone()
+    x_bad[~mask] = 0.0
+    for kind in ("bce", "mse"):
+        a = _loss_terms(logits, x, mask, kind)
+        b = _loss_terms(logits, x_bad, mask, kind)
+        torch.testing.assert_close(a, b)
+        full = _loss_terms(logits, x, None, kind)
+        torch.testing.assert_close(_loss_terms(logits, x, torch.ones_like(mask), kind), full)
+    bce, _ = _loss_terms(logits, x, None, "bce")
+    ref = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), x)
+    torch.testing.assert_close(bce, ref)
 
 
 def test_tile_products_reads_compound_index(tmp_path: Path) -> None:

@@ -366,25 +366,38 @@ def split_train_val(
 
 
 def make_dataset(path: Path, normalisation: str) -> Dataset:
-    from training.data import TileDataset  # the dataset helper's module
+    """The dataset helper's TileDataset; items are (tile, validity mask), both (B, H, W)."""
+    from training.data import TileDataset
 
-    return TileDataset(path, normalisation=normalisation)
+    try:
+        return TileDataset(path, normalisation=normalisation, return_mask=True)
+    except (ValueError, KeyError) as exc:  # missing/incomplete statistics
+        raise ProductError(path, f"cannot normalise ({exc})") from None
 
 
 # --- training ----------------------------------------------------------------------------
 
 def _loss_terms(
-    logits: torch.Tensor, x: torch.Tensor, loss: str
+    logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, loss: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, mse) in float32. BCE is computed from logits (stable, autocast-safe) against
-    targets clamped to [0, 1]; the MSE is on the sigmoid output."""
+    """(loss, mse) in float32, averaged over the valid values (``mask``; None = all).
+
+    BCE is computed from logits (stable and autocast-safe; equal to BCE on the sigmoid
+    output) against targets clamped to [0, 1]; the MSE is on the sigmoid output.
+    """
     logits = logits.float()
     x = x.float()
-    y = torch.sigmoid(logits)
-    mse = F.mse_loss(y, x)
+    sq = (torch.sigmoid(logits) - x).square()
     if loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, x.clamp(0.0, 1.0)), mse
-    return mse, mse
+        per_value = F.binary_cross_entropy_with_logits(logits, x.clamp(0.0, 1.0),
+                                                       reduction="none")
+    if mask is None:
+        mse = sq.mean()
+        return (per_value.mean() if loss == "bce" else mse), mse
+    w = mask.to(sq.dtype)
+    count = w.sum().clamp_min(1.0)
+    mse = (sq * w).sum() / count
+    return ((per_value * w).sum() / count if loss == "bce" else mse), mse
 
 
 def _psnr(mse: float) -> float:
@@ -456,6 +469,9 @@ class Trainer:
         self.progress = (sys.stderr.isatty() if progress is None else progress) and dist_.main
 
         dataset = make_dataset(info.path, self.normalisation)
+        normaliser = getattr(dataset, "normaliser", None)
+        self.normaliser_state = (normaliser.state_dict()
+                                 if hasattr(normaliser, "state_dict") else None)
         if len(dataset) != info.count:
             raise ProductError(info.path,
                                f"dataset reports {len(dataset)} tiles, file {info.count}")
@@ -511,7 +527,8 @@ class Trainer:
     def _state(self, epoch: int, full: bool) -> dict[str, Any]:
         state: dict[str, Any] = {
             "config": self.config(), "model": self.model.state_dict(), "epoch": epoch,
-            "stats": self.info.stats, "metrics": self.history[-1] if self.history else {},
+            "stats": self.info.stats, "normaliser": self.normaliser_state,
+            "metrics": self.history[-1] if self.history else {},
             "best": self.best, "params": to_dict(self.p), "torch_version": str(torch.__version__),
         }
         if full:
@@ -564,14 +581,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype)
 
-    def _batches(self, loader: DataLoader) -> Iterator[torch.Tensor]:
-        for x in loader:
-            if isinstance(x, (list, tuple)):
-                x = x[0]
+    def _batches(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for item in loader:
+            x, mask = item if isinstance(item, (list, tuple)) else (item, None)
             x = x.to(self.dev, non_blocking=True)
+            if mask is not None:
+                mask = None if bool(mask.all()) else mask.to(self.dev, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x
+            yield x, mask
 
     def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
         if self.d.world > 1:
@@ -584,10 +602,10 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.p.seed + epoch)
         sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
-        for x in self._batches(self.train_loader):
+        for x, mask in self._batches(self.train_loader):
             with self._autocast():
                 logits = self.net(x, logits=True)
-            loss, mse = _loss_terms(logits, x, self.p.loss)
+            loss, mse = _loss_terms(logits, x, mask, self.p.loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -606,10 +624,10 @@ class Trainer:
             return None
         self.net.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
-        for x in self._batches(self.val_loader):
+        for x, mask in self._batches(self.val_loader):
             with self._autocast():
                 logits = self.model(x, logits=True)  # no DDP hooks needed for inference
-            loss, mse = _loss_terms(logits, x, self.p.loss)
+            loss, mse = _loss_terms(logits, x, mask, self.p.loss)
             n = x.shape[0]
             sums += torch.stack([loss.double() * n, mse.double() * n,
                                  torch.tensor(float(n), dtype=torch.float64, device=self.dev)])
