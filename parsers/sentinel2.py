@@ -689,6 +689,9 @@ def _find_band_file(files: Sequence[str], band: str) -> str | None:
             continue
         res = int(m.group(2)) if m.group(2) else NATIVE_RESOLUTION[band]
         candidates.append((res != NATIVE_RESOLUTION[band], res, rel))
+    granules = {PurePosixPath(rel).parts[:2] for *_, rel in candidates}
+    if len(granules) > 1:
+        raise ValueError(f"{len(granules)} granules hold band {band}")
     return min(candidates)[2] if candidates else None
 
 
@@ -717,7 +720,11 @@ def read_safe(path: str | os.PathLike[str], bands: Sequence[str] = DEFAULT_BANDS
         sources: dict[str, tuple[str, int]] = {}
         labels: dict[str, str] = {}
         for band in names:
-            rel = _find_band_file(listing.files, band)
+            try:
+                rel = _find_band_file(listing.files, band)
+            except ValueError as exc:
+                raise ProductError(path, f"multi-granule product (pre-2017 format) not "
+                                         f"supported: {exc}") from None
             if rel is None:
                 raise ProductError(path, f"band {band} not found in GRANULE/*/IMG_DATA "
                                          f"({meta.level or 'unknown level'})")

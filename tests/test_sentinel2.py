@@ -412,6 +412,11 @@ def test_bad_files_give_one_line_errors(tmp_path):
     with pytest.raises(ProductError, match="band B05 not found"):
         s2.read(product)
 
+    granule = next((product / "GRANULE").iterdir())
+    shutil.copytree(granule, granule.with_name(granule.name + "_2"))
+    with pytest.raises(ProductError, match="multi-granule product"):
+        s2.read(product)
+
     bogus_zip = tmp_path / "S2A_MSIL2A_bogus.zip"
     bogus_zip.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ProductError, match="not a readable zip"):
