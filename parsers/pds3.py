@@ -584,6 +584,12 @@ def _fmt(n: int) -> str:
     return f"{n:,}"
 
 
+def _preference(c: Layout, prefer_corners: bool, prefer_item_width: bool,
+                item_widths: dict[str, int]) -> tuple[int, int]:
+    width_ok = all((w == item_widths[a]) == prefer_item_width for a, w in c.slots.items())
+    return (int(c.corners == prefer_corners), int(width_ok))
+
+
 def choose_layout(
     path: Path, candidates: list[Layout], available: int, record_bytes: int, *,
     prefer_corners: bool, prefer_item_width: bool, item_widths: dict[str, int],
@@ -593,14 +599,14 @@ def choose_layout(
     tolerance = max(record_bytes, 1)
     fits = [c for c in candidates if c.expected <= available and available - c.expected < tolerance]
     notes: list[str] = []
+
+    def preferred(c: Layout) -> tuple[int, int]:
+        return _preference(c, prefer_corners, prefer_item_width, item_widths)
+
     if len(fits) == 1:
         return fits[0], notes
     if len(fits) > 1:
-        def score(c: Layout) -> tuple[int, int]:
-            width_ok = all((w == item_widths[a]) == prefer_item_width for a, w in c.slots.items())
-            return (int(c.corners == prefer_corners), int(width_ok))
-
-        best = max(fits, key=score)
+        best = max(fits, key=preferred)
         notes.append(
             "ambiguous layout: " + "; ".join(f"{c.describe()} = {_fmt(c.expected)} B"
                                              for c in fits)
@@ -608,7 +614,7 @@ def choose_layout(
         return best, notes
     needs = sorted({c.expected for c in candidates})
     if all(c.expected > available for c in candidates):
-        first = min(candidates, key=lambda c: c.expected)
+        first = max(candidates, key=preferred)
         detail = "; ".join(f"{c.describe()}: {_fmt(c.expected)}" for c in candidates)
         hint = ""
         if line_bytes and any(0 < c.expected - available <= line_bytes for c in candidates):
@@ -841,7 +847,8 @@ def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool |
     except ProductError:
         if not (allow_short and line_outer and not suffix.get("LINE")):
             raise
-        layout = max(candidates, key=lambda c: (c.corners == prefer_corners))
+        layout = max(candidates, key=lambda c: _preference(c, prefer_corners,
+                                                           prefer_item_width, item_widths))
         plane = _structured(axes, sizes, core_dtype, suffix, layout)["plane"].itemsize
         lines_available = min(sizes["LINE"], available // plane)
         if lines_available == 0:

@@ -291,13 +291,17 @@ def parse_label_text(text: str, path: str | os.PathLike[str] = "label") -> Block
         import pvl
     except ImportError:  # pragma: no cover - pvl is a core dependency
         raise ProductError(path, f"cannot parse label: {first_error}") from None
+    import warnings
+
     for candidate in (text, repair_missing_commas(text)):
-        try:
-            module = pvl.loads(candidate, grammar=pvl.grammar.OmniGrammar(),
-                               decoder=pvl.decoder.OmniDecoder())
-        except Exception:  # pvl raises many types on bad input
-            continue
-        return _from_pvl(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                module = pvl.loads(candidate, grammar=pvl.grammar.OmniGrammar(),
+                                   decoder=pvl.decoder.OmniDecoder())
+            except Exception:  # pvl raises many types on bad input
+                continue
+            return _from_pvl(module)
     raise ProductError(path, f"cannot parse label: {first_error}")
 
 

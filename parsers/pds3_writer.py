@@ -304,8 +304,9 @@ def write_qube_product(
     ``"file_only"`` (``"DATA.QUB"``, offset 0). ``file_records`` overrides FILE_RECORDS
     (to fake stale labels); ``truncate_bytes`` cuts that many bytes off the data file's end.
     ``data_bytes`` replaces the encoded data (for deliberately inconsistent files).
-    Axis-specific suffix keywords (``*_SUFFIX_ITEM_BYTES`` and so on) are the caller's:
-    ``suffix_keywords`` is written verbatim after ``SUFFIX_ITEMS``/``SUFFIX_BYTES``.
+    Axis-specific suffix keywords (``*_SUFFIX_ITEM_BYTES`` and so on): ``suffix_keywords``
+    is written verbatim after ``SUFFIX_ITEMS``/``SUFFIX_BYTES``; when empty they are
+    generated from the suffix dtypes (names ``<AXIS>_<j>``, MSB_/LSB_ type names).
     """
     path = Path(path)
     axes = AXIS_ORDERS[interleave] if isinstance(interleave, str) else tuple(interleave)
@@ -336,6 +337,13 @@ def write_qube_product(
                                                  for a in axes)))
         qube_items.append(("SUFFIX_BYTES", suffix_bytes_label if suffix_bytes_label is not None
                            else max((s.slot_bytes for s in suffix.values()), default=4)))
+    if suffix and not suffix_keywords:
+        suffix_keywords = []
+        for axis, suf in suffix.items():
+            suffix_keywords += suffix_item_keywords(
+                axis, [f"{axis}_{j}" for j in range(suf.count)],
+                [default_type_name(suf.dtype(j)) for j in range(suf.count)],
+                [suf.dtype(j).itemsize for j in range(suf.count)])
     qube_items.extend(suffix_keywords)
     qube_items.extend(extra_qube_items)
 
@@ -379,14 +387,13 @@ def write_qube_product(
 
     data_len = len(data_bytes)
     data_records = math.ceil(data_len / record_bytes)
+    hist = 0 if detached else history_records
     label_records = 1
-    for _ in range(10):
-        hist = 0 if detached else history_records
-        lab_len = len(build(label_records, 0).encode("ascii"))
-        need = math.ceil(lab_len / record_bytes)
-        total = (0 if detached else need + hist) + data_records
-        text = build(need, total)
-        if math.ceil(len(text.encode("ascii")) / record_bytes) == need and need == label_records:
+    while True:  # grows monotonically: stops once the label fits its records
+        total = (0 if detached else label_records + hist) + data_records
+        text = build(label_records, total)
+        need = math.ceil(len(text.encode("ascii")) / record_bytes)
+        if need <= label_records:
             break
         label_records = need
     label = text.encode("ascii")
