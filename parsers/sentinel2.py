@@ -861,6 +861,9 @@ def read_multiband(path: str | os.PathLike[str], bands: Sequence[str] = DEFAULT_
     else:
         in_file = _names_from_descriptions(descriptions)
         if in_file is None:
+            if count == 1 and len(names) > 1:
+                raise ProductError(label, "a single-band file: read the folder that holds "
+                                          "all the band files")
             if count == len(ALL_BANDS):
                 in_file = list(ALL_BANDS)
             elif count == len(names):

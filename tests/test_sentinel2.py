@@ -430,6 +430,8 @@ def test_bad_files_give_one_line_errors(tmp_path):
     text.write_text("hello")
     with pytest.raises(ProductError, match=r"^notes_B02.tif: not a readable raster"):
         s2.read(text)
+    with pytest.raises(ProductError, match="single-band file: read the folder"):
+        s2.read(next(product.rglob("*_B02_10m.jp2")))
     with pytest.raises(ProductError, match="no such file"):
         s2.read(tmp_path / "missing.SAFE")
     bad_xml = tmp_path / "MTD_MSIL2A.xml"
