@@ -120,7 +120,7 @@ def list_products(
         path = _product_path(root, source, sorted(groups[pid]))
         if not path.exists():
             raise ProductError(path, f"listed in {root / MANIFEST_NAME} but missing")
-        refs.append(ProductRef(pid, path.resolve(), metas[pid]))
+        refs.append(ProductRef(pid, Path(os.path.abspath(path)), metas[pid]))
     return refs
 
 

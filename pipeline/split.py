@@ -150,16 +150,16 @@ def write_split(
 ) -> dict[str, Any]:
     """Compute the split of ``products`` and write it atomically to ``out``; return it."""
     out = Path(out)
-    root = Path(products_dir).resolve()
+    root = Path(os.path.abspath(products_dir))  # symlinked products stay under root
     split = make_split(products, source, params)
     doc: dict[str, Any] = {
         "source": source, "seed": params.seed, "test_fraction": params.test_fraction,
         "group_by": params.group_by,
-        "products_dir": Path(os.path.relpath(root, out.parent.resolve())).as_posix(),
+        "products_dir": Path(os.path.relpath(root, os.path.abspath(out.parent))).as_posix(),
     }
     for name in SPLITS:
         doc[name] = [
-            {**e, "path": Path(e["path"]).resolve().relative_to(root).as_posix()}
+            {**e, "path": Path(os.path.abspath(e["path"])).relative_to(root).as_posix()}
             for e in split[name]
         ]
     doc["forced"] = split["forced"]
