@@ -593,7 +593,7 @@ def _preference(c: Layout, prefer_corners: bool, prefer_item_width: bool,
 def choose_layout(
     path: Path, candidates: list[Layout], available: int, record_bytes: int, *,
     prefer_corners: bool, prefer_item_width: bool, item_widths: dict[str, int],
-    context: str, line_bytes: int | None,
+    context: str, line_bytes: list[int] | None,
 ) -> tuple[Layout, list[str]]:
     """Apply the fit rule of §5 and return (layout, warnings); ProductError if none fits."""
     tolerance = max(record_bytes, 1)
@@ -617,7 +617,8 @@ def choose_layout(
         first = max(candidates, key=preferred)
         detail = "; ".join(f"{c.describe()}: {_fmt(c.expected)}" for c in candidates)
         hint = ""
-        if line_bytes and any(0 < c.expected - available <= line_bytes for c in candidates):
+        if line_bytes and any(0 <= available - (c.expected - lb) < tolerance
+                              for c, lb in zip(candidates, line_bytes, strict=True)):
             hint = " (one line short: V1.0 level-2 products have this EGSE bug)"
         msg = (f"truncated: label needs {_fmt(first.expected)} data bytes, file holds "
                f"{_fmt(available)}{hint} [candidates {detail}; {context}]")
@@ -836,9 +837,8 @@ def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool |
     warn: list[str] = []
     lines_available = sizes["LINE"]
     try:
-        dummy_layout = candidates[0]
-        line_bytes = _structured(axes, sizes, core_dtype, suffix, dummy_layout)["plane"].itemsize \
-            if line_outer else None
+        line_bytes = ([_structured(axes, sizes, core_dtype, suffix, c)["plane"].itemsize
+                       for c in candidates] if line_outer else None)
         layout, notes = choose_layout(
             path, candidates, available, record_bytes or 512, prefer_corners=prefer_corners,
             prefer_item_width=prefer_item_width, item_widths=item_widths, context=context,

@@ -253,9 +253,9 @@ def write_virtis_product(
         back = np.zeros((1, lines, samples), dtype=np.uint32)
         high = int(opts.pop("backplane_high", 0)) & 0xFFFF
         back[0] = high << 16
-        words = scet_words(scet)
+        words = scet_words(scet).astype(np.uint32)
         for i in range(min(3, samples)):
-            back[0, :, i] = (high << 16) | words[i]
+            back[0, :, i] = np.uint32(high << 16) | words[i]
         step = (wl[-1] - wl[0]) / max(bands - 1, 1)
         x = (np.arange(samples) - (samples - 1) / 2) / max(samples, 1)
         smile = 0.25 * step * (x**2 * 4)  # sub-band spectral smile across the slit
