@@ -411,7 +411,7 @@ class ByteBar:
     """A thread-safe tqdm bar in bytes (with rate) whose total can grow; a Progress."""
 
     def __init__(self, total: int | None, desc: str, disable: bool | None = None) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         self._lock = threading.Lock()
         self._bar = tqdm(

@@ -194,6 +194,14 @@ def test_part_longer_than_file_restarts(tree: Path, tmp_path: Path, session) -> 
     assert dest.read_bytes() == data and res.ok
 
 
+def test_server_bandwidth_cap(tree: Path, tmp_path: Path, session) -> None:
+    with serve_directory(tree, Faults(bandwidth=1_000_000)) as url:
+        t0 = time.monotonic()
+        res = download(session, url + "DATA/A/f1.bin", tmp_path / "f1.bin")
+        elapsed = time.monotonic() - t0
+    assert res.ok and 0.25 <= elapsed < 5  # 300 kB at 1 MB/s
+
+
 def test_retry_after_503(tree: Path, tmp_path: Path, session) -> None:
     with serve_directory(tree, Faults(fail_first={"*.bin": 2})) as url:
         res = download(session, url + "DATA/A/f2.bin", tmp_path / "f2.bin")

@@ -48,6 +48,8 @@ class Faults:
     - ``replace``: serve these bytes instead of the file's (a file changed on the server).
     - ``ignore_range``: answer Range requests with 200 and the whole file.
     - ``not_found``: answer 404 although the file exists.
+    - ``bandwidth``: cap every response body at this many bytes per second (a slow link;
+      not a fault, but it lives here with the other ways to make the server realistic).
     """
 
     fail_first: dict[str, int] = field(default_factory=dict)
@@ -57,6 +59,7 @@ class Faults:
     replace: dict[str, bytes] = field(default_factory=dict)
     ignore_range: set[str] = field(default_factory=set)
     not_found: set[str] = field(default_factory=set)
+    bandwidth: float | None = None
     _counts: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -283,6 +286,8 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
             try:
                 if data is not None:
                     self.wfile.write(data[start:start + limit])
+                elif limit and faults.bandwidth:
+                    self._send_throttled(target, start, limit, faults.bandwidth)
                 elif limit:
                     with open(target, "rb") as fh:
                         self.connection.sendfile(fh, start, limit)
@@ -293,6 +298,20 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
                 with contextlib.suppress(OSError):
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
+
+        def _send_throttled(self, target: Path, start: int, count: int, rate: float) -> None:
+            step = max(1, min(SEND_CHUNK, int(rate / 20)))  # about 20 sends per second
+            t0 = time.monotonic()
+            sent = 0
+            with open(target, "rb") as fh:
+                while sent < count:
+                    n = self.connection.sendfile(fh, start + sent, min(step, count - sent))
+                    if not n:
+                        break
+                    sent += n
+                    ahead = sent / rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
 
     return Handler
 
