@@ -93,10 +93,10 @@ STAC_ASSET_BANDS: dict[str, str] = {
 NODATA = 0
 SATURATED = 65535
 Resampling = Literal["nearest", "bilinear"]
-# GDAL settings for remote reads: no directory listing per opened file, no sidecar probing.
+# GDAL settings for remote reads: no directory listing per opened file, merged ranges.
+# (CPL_VSIL_CURL_USE_HEAD=NO was tried: GDAL then GETs the whole file to learn its size.)
 REMOTE_GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2,.TIF,.JP2",
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
 }
