@@ -129,6 +129,21 @@ def test_resume_equals_uninterrupted(tiles_dir: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(wa[k], wb[k])
 
 
+def test_device_cache_gives_the_same_run(tmp_path: Path) -> None:
+    tiles = tmp_path / "tiles"
+    path = write_tiles(tiles / "train.h5", n=40)
+    with h5py.File(path, "a") as f:  # some invalid values: the cache keeps their mask
+        data = f["tiles"][3]
+        data[:, 0, :3] = np.nan
+        f["tiles"][3] = data
+    common = ["--epochs", "2", "--batch-size", "8", "--deterministic"]
+    assert run(tiles, tmp_path / "a", *common) == 0
+    assert run(tiles, tmp_path / "b", *common, "--cache", "device") == 0
+    for name in ("train/loss", "val/loss"):
+        a, b = metrics_history(tmp_path / "a", name), metrics_history(tmp_path / "b", name)
+        assert a == pytest.approx(b, rel=1e-6), name
+
+
 def test_resume_refuses_changed_settings(tiles_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m"
     assert run(tiles_dir, out, "--epochs", "2", "--batch-size", "16",

@@ -65,6 +65,10 @@ class TrainParams:
     ``arch: linear`` and ``[channels, size]`` for ``arch: conv``; ``widths`` overrides the
     encoder channel widths (4 values); ``bands``/``tile``, when set, are checked against the
     tile file. ``precision: auto`` is bf16 autocast on CUDA and fp32 on CPU.
+    ``cache: device`` reads every normalised tile once into one float32 tensor on the
+    training device (GPU memory, or RAM on CPU) and draws batches from it in the sampler's
+    order, so the HDF5 reader stops being the bottleneck; each process holds the whole
+    training set.
     """
 
     arch: Literal["linear", "conv"] = "linear"
@@ -85,6 +89,7 @@ class TrainParams:
     compile: bool = False
     workers: int = 4
     checkpoint_every: int = 10
+    cache: Literal["none", "device"] = "none"
     bands: int | None = None
     tile: int | None = None
 
@@ -158,12 +163,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     o.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     o.add_argument("--workers", type=int)
     o.add_argument("--checkpoint-every", type=int)
+    o.add_argument("--cache", choices=("none", "device"),
+                   help="device: hold all normalised tiles on the training device")
     return p.parse_args(argv)
 
 
 OVERRIDES = ("arch", "latent", "activation", "widths", "normalisation", "loss", "lr", "epochs",
              "batch_size", "val_fraction", "seed", "deterministic", "device", "precision",
-             "channels_last", "compile", "workers", "checkpoint_every")
+             "channels_last", "compile", "workers", "checkpoint_every", "cache")
 
 
 def load_params(path: Path, source: str, overrides: dict[str, Any] | None = None) -> TrainParams:
@@ -417,6 +424,62 @@ def _trim_dvclive_history(live_dir: Path, first_step: int) -> None:
             csv.writer(fh, delimiter="\t", lineterminator="\n").writerows(keep)
 
 
+class DeviceCache:
+    """All tiles of a dataset (and their masks, if any value is invalid) in one tensor."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, loader_kw: dict[str, Any],
+                 what: str, progress: bool) -> None:
+        n = len(dataset)  # type: ignore[arg-type]
+        self.x: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        if n == 0:
+            return
+        loader = DataLoader(dataset, shuffle=False, **loader_kw)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="tile", desc=f"cache {what}", dynamic_ncols=True)
+        start = 0
+        for item in loader:
+            x, mask = item if isinstance(item, (list, tuple)) else (item, None)
+            if self.x is None:
+                need = n * x[0].numel() * 4
+                _check_memory(device, need, what)
+                self.x = torch.empty((n, *x.shape[1:]), dtype=torch.float32, device=device)
+            k = x.shape[0]
+            self.x[start:start + k] = x.to(device, non_blocking=True)
+            if mask is not None and not bool(mask.all()):
+                if self.mask is None:
+                    self.mask = torch.ones((n, *mask.shape[1:]), dtype=torch.bool, device=device)
+                self.mask[start:start + k] = mask.to(device, non_blocking=True)
+            start += k
+            if bar is not None:
+                bar.update(k)
+        if bar is not None:
+            bar.close()
+
+    def batches(self, indices: Sequence[int], batch: int, device: torch.device,
+                channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        assert self.x is not None
+        order = torch.as_tensor(list(indices), dtype=torch.long, device=device)
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            x = self.x.index_select(0, idx)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, (None if self.mask is None else self.mask.index_select(0, idx))
+
+
+def _check_memory(device: torch.device, need: int, what: str) -> None:
+    if device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > 0.7 * free:
+        raise UserError(f"cache: device needs {need / 2**30:.1f} GiB for the {what} tiles but "
+                        f"{device} has {free / 2**30:.1f} GiB free; use cache: none")
+
+
 class _NullLive:
     step = 0
 
@@ -493,6 +556,18 @@ class Trainer:
         self.train_loader = DataLoader(self.train_set, sampler=self.sampler,
                                        generator=self.generator, **loader_kw)
         self.val_loader = DataLoader(self.val_set, shuffle=False, **loader_kw)
+        self.train_cache: DeviceCache | None = None
+        self.val_cache: DeviceCache | None = None
+        if params.cache == "device":
+            plain_kw = {**loader_kw, "persistent_workers": False}
+            plain_kw.pop("prefetch_factor", None)
+            if params.workers > 0:
+                plain_kw["prefetch_factor"] = 4
+            self.train_cache = DeviceCache(self.train_set, self.dev, plain_kw, "training",
+                                           self.progress)
+            if len(self.val_set):
+                self.val_cache = DeviceCache(self.val_set, self.dev, plain_kw, "validation",
+                                             self.progress)
 
         torch.manual_seed(params.seed)
         self.model = build_model(arch=params.arch, bands=info.bands, tile=info.tile,
@@ -602,7 +677,12 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.p.seed + epoch)
         sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
-        for x, mask in self._batches(self.train_loader):
+        if self.train_cache is not None:
+            batches = self.train_cache.batches(list(iter(self.sampler)), self.local_batch,
+                                               self.dev, self.channels_last)
+        else:
+            batches = self._batches(self.train_loader)
+        for x, mask in batches:
             with self._autocast():
                 logits = self.net(x, logits=True)
             loss, mse = _loss_terms(logits, x, mask, self.p.loss)
@@ -624,7 +704,12 @@ class Trainer:
             return None
         self.net.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
-        for x, mask in self._batches(self.val_loader):
+        if self.val_cache is not None:
+            batches = self.val_cache.batches(range(len(self.val_set)), self.local_batch,
+                                             self.dev, self.channels_last)
+        else:
+            batches = self._batches(self.val_loader)
+        for x, mask in batches:
             with self._autocast():
                 logits = self.model(x, logits=True)  # no DDP hooks needed for inference
             loss, mse = _loss_terms(logits, x, mask, self.p.loss)
@@ -725,6 +810,7 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
                   f"cosine to 0; {d.device} {amp}"
                   f"{', channels_last' if trainer.channels_last else ''}"
                   f"{', compiled' if params.compile else ''}"
+                  f"{', tiles cached on the device' if params.cache == 'device' else ''}"
                   f"{', deterministic' if params.deterministic else ''}"
                   f"{f', resuming after epoch {trainer.start_epoch}' if resume else ''}")
         live = (_open_live(out, resume is not None, trainer.start_epoch) if d.main
