@@ -365,6 +365,18 @@ def test_stac_assets_local_and_over_http(tmp_path):
         s2.read({b: str(p) for b, p in files.items() if b != "B12"})
 
 
+@pytest.mark.filterwarnings("ignore:band list")
+def test_http_window_fetches_only_part_of_a_cog(tmp_path):
+    static = pytest.importorskip("pipeline.servers.static")
+    files = write_band_files(tmp_path, stem="big", bands=("B02",), size_10m=384, cog=True)
+    size = files["B02"].stat().st_size
+    with static.serve_directory(tmp_path) as base:
+        part = s2.read({"B02": f"{base}big_B02.tif"}, bands=("B02",), window=(0, 0, 48, 48))
+        sent = sum(r.sent for r in base.log)
+    np.testing.assert_array_equal(part.data[0], _raw(files["B02"])[:48, :48])
+    assert 0 < sent < 0.6 * size  # the header and one 256 x 256 block of four
+
+
 # ---------------------------------------------------------------------------------------------
 # Band lists
 
