@@ -809,10 +809,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     mib = report.bytes / 2**20
     rate = mib / report.seconds if report.seconds > 0 else 0.0
-    print(
-        f"{report.selected} product(s): {report.fetched} fetched ({mib:.1f} MiB, "
-        f"{rate:.1f} MiB/s), {report.present} already present; manifest {report.manifest}"
-    )
+    fetched = f"{report.fetched} fetched"
+    if report.fetched:
+        fetched += f" ({mib:.1f} MiB, {rate:.1f} MiB/s)"
+    print(f"{report.selected} product(s): {fetched}, {report.present} already present; "
+          f"manifest {report.manifest}")
     return 0
 
 

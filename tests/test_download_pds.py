@@ -206,7 +206,7 @@ def test_rerun_downloads_nothing(archive, tmp_path, params_file, capsys) -> None
         capsys.readouterr()
         assert run(url, out, params_file, "--dataset", DS1, "--dataset", DS3) == 0
         assert len(url.requests_for("*.CAL")) == first == 4
-    assert "0 fetched (0.0 MiB" in capsys.readouterr().out
+    assert "0 fetched, 4 already present" in capsys.readouterr().out
     assert (out / "manifest.json").read_bytes() == before
 
 
