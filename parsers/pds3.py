@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ def item_dtype(type_name: Any, nbytes: Any) -> np.dtype:
         kind = "u" if "UNSIGNED" in name or (name == "BYTE" and size == 1) else "i"
         return np.dtype(f"{order if size > 1 else '|'}{kind}{size}")
     raise ValueError(f"unsupported item type {name}")
+
+
+def _is_little(dt: np.dtype) -> bool:
+    """True for little-endian dtypes (numpy writes the native order as '=')."""
+    return dt.byteorder == "<" or (dt.byteorder == "=" and sys.byteorder == "little")
 
 
 def vax_f_to_float32(words: np.ndarray) -> np.ndarray:
@@ -228,8 +234,9 @@ class Cube:
     def byte_order(self) -> str:
         if self.core_dtype is VAX_F:
             return "little-endian (VAX F)"
-        return "big-endian" if self.core_dtype.byteorder == ">" else (
-            "little-endian" if self.core_dtype.byteorder == "<" else "n/a")
+        if self.core_dtype.itemsize == 1:
+            return "n/a (1 byte)"
+        return "little-endian" if _is_little(self.core_dtype) else "big-endian"
 
     @property
     def suffix_counts(self) -> dict[str, int]:
@@ -452,7 +459,7 @@ def _slot_dtype(item: np.dtype, slot: int) -> np.dtype:
     isz = item.itemsize
     if slot == isz:
         return np.dtype([("v", item)])
-    little = item.byteorder == "<" or item is VAX_F
+    little = item is VAX_F or _is_little(item)
     off = 0 if little else slot - isz
     return np.dtype({"names": ["v"], "formats": [item], "offsets": [off], "itemsize": slot})
 

@@ -13,7 +13,8 @@ named axis they extend:
 
 Suffix items shorter than their slot sit in the low-order bytes of the slot (the end of a
 big-endian slot, the start of a little-endian one); the other bytes hold ``pad_byte``.
-Edge/corner cells (two or three suffix indices) are written only when ``corners=True``.
+Edge/corner cells (two or three suffix indices) are written only when ``corners=True``;
+they are as wide as the widest slot they join and hold ``corner_value``.
 """
 
 from __future__ import annotations
@@ -202,8 +203,14 @@ def encode_qube(
         idx = fixed[other]
         return plane[:, idx] if along == first else plane[idx, :]
 
-    def corner_bytes(n: int) -> bytes:
-        return np.full(n, corner_value, dtype=corner_dt).tobytes() if corners else b""
+    def corner_bytes(n: int, *edge_axes: str) -> bytes:
+        """Edge/vertex cells: as wide as the widest slot they join (the reader's rule)."""
+        if not corners or n == 0:
+            return b""
+        width = max(suffix[a].slot_bytes for a in edge_axes if a in suffix)
+        dt = corner_dt if corner_dt.itemsize == width else np.dtype(
+            f"{corner_dt.byteorder if corner_dt.byteorder in '<>' else '>'}i{width}")
+        return np.full(n, corner_value, dtype=dt).tobytes()
 
     out: list[bytes] = []
     for i3 in range(n3 + k3):
@@ -224,9 +231,10 @@ def encode_qube(
                 suf = suffix[axis]
                 vec = face_vector(axis, j, {other: oi}, a1)
                 out.append(_encode_slots(vec, suf.dtype(j), suf.slot_bytes, suf.pad_byte))
-                out.append(corner_bytes(k1))
+                out.append(corner_bytes(k1, a1, axis))
             else:
-                out.append(corner_bytes(n1 + k1))
+                out.append(corner_bytes(n1, a2, a3))
+                out.append(corner_bytes(k1, a1, a2, a3))
     return b"".join(out)
 
 
