@@ -221,23 +221,38 @@ def channel_of(relpath: str) -> str | None:
 
 @dataclass(frozen=True)
 class IndexTable:
-    """Columns (name, start byte 1-based, bytes) learnt from INDEX.LBL, and the table's name."""
+    """What INDEX.LBL says about INDEX.TAB: columns (name, 1-based start byte, bytes), the
+    table file's name, where its rows start and how many there are."""
 
     columns: tuple[tuple[str, int, int], ...]
     table_name: str | None
-    row_bytes: int | None
+    row_bytes: int | None = None
+    n_rows: int | None = None
+    start: tuple[int, bool] | None = None  # 1-based (n, in bytes?) from the pointer
+    record_bytes: int | None = None
+    structure: str | None = None  # ^STRUCTURE file that holds the COLUMN objects
+
+    def offset(self, size: int) -> int:
+        """Bytes before the first row (a header row, for instance)."""
+        if self.start is None:
+            return 0
+        n, in_bytes = self.start
+        if not in_bytes and self.record_bytes and (n - 1) * self.record_bytes < size:
+            return (n - 1) * self.record_bytes
+        # A record number past the end is a byte offset in disguise (seen in PDS labels).
+        return n - 1 if n - 1 < size else 0
 
     def rows(self, data: bytes) -> list[dict[str, str]]:
-        text = data.decode("latin-1")
-        out = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            row = {}
-            for name, start, width in self.columns:
-                row[name] = line[start - 1:start - 1 + width].strip().strip('"').strip()
-            out.append(row)
-        return out
+        """The table's rows as {column name: stripped, unquoted text}."""
+        text = data[self.offset(len(data)):].decode("latin-1")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if self.n_rows is not None:
+            lines = lines[: self.n_rows]
+        return [
+            {name: ln[start - 1:start - 1 + width].strip().strip('"').strip()
+             for name, start, width in self.columns}
+            for ln in lines
+        ]
 
 
 class _LabelDecoder(pvl.decoder.OmniDecoder):
@@ -247,35 +262,68 @@ class _LabelDecoder(pvl.decoder.OmniDecoder):
         raise ValueError(value)
 
 
+def _loads(text: str, where: str) -> Any:
+    try:
+        return pvl.loads(text, decoder=_LabelDecoder())
+    except Exception as exc:  # pvl raises several unrelated types on bad labels
+        why = " ".join(str(exc).split())[:120]
+        raise UserError(f"{where}: the label does not parse ({why})") from None
+
+
+def _columns(obj: Any, where: str) -> list[tuple[str, int, int]]:
+    cols = obj.getall("COLUMN") if hasattr(obj, "getall") and "COLUMN" in obj else []
+    out = []
+    for col in cols:
+        try:
+            out.append((str(col["NAME"]).upper(), int(col["START_BYTE"]), int(col["BYTES"])))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: a COLUMN lacks NAME, START_BYTE or BYTES") from None
+    return out
+
+
+def parse_columns(text: str, where: str) -> list[tuple[str, int, int]]:
+    """COLUMN objects of a format (``^STRUCTURE``) file."""
+    return _columns(_loads(text, where), where)
+
+
 def parse_index_label(text: str, where: str) -> IndexTable:
     """Read the TABLE object of a PDS3 index label; UserError naming ``where`` if unusable."""
-    try:
-        label = pvl.loads(text, decoder=_LabelDecoder())
-    except Exception as exc:  # pvl raises several unrelated types on bad labels
-        raise UserError(f"{where}: INDEX.LBL does not parse ({' '.join(str(exc).split())[:120]})"
-                        ) from None
+    label = _loads(text, where)
     table_key, table = None, None
     for key, value in label.items():
         if (isinstance(value, pvl.PVLModule | pvl.PVLObject | dict)
-                and str(key).upper().endswith("TABLE") and "COLUMN" in value):
+                and str(key).upper().endswith("TABLE")
+                and ("COLUMN" in value or "^STRUCTURE" in value)):
             table_key, table = str(key), value
             break
-    if table is None:
+    if table is None or table_key is None:
         raise UserError(f"{where}: INDEX.LBL has no TABLE object with COLUMN objects")
-    columns = []
-    for col in table.getall("COLUMN") if hasattr(table, "getall") else [table["COLUMN"]]:
-        try:
-            columns.append((str(col["NAME"]).upper(), int(col["START_BYTE"]), int(col["BYTES"])))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{where}: a COLUMN lacks NAME, START_BYTE or BYTES") from None
+    structure = table.get("^STRUCTURE")
+    columns = _columns(table, where)
     pointer = label.get(f"^{table_key}")
     if pointer is None:
-        pointer = next((v for k, v in label.items() if str(k).startswith("^")), None)
-    if isinstance(pointer, (list, tuple)):
-        pointer = pointer[0] if pointer else None
-    name = str(pointer) if isinstance(pointer, str) else None
-    row_bytes = table.get("ROW_BYTES")
-    return IndexTable(tuple(columns), name, int(row_bytes) if row_bytes is not None else None)
+        pointer = next((v for k, v in label.items() if str(k).upper().endswith("TABLE")
+                        and str(k).startswith("^")), None)
+    name, start = None, None
+    if isinstance(pointer, str):
+        name = pointer
+    elif isinstance(pointer, (list, tuple)) and pointer:
+        name = str(pointer[0])
+        if len(pointer) > 1:
+            n = pointer[1]
+            unit = str(getattr(n, "units", "")).upper()
+            start = (int(getattr(n, "value", n)), unit == "BYTES")
+
+    def num(v: Any) -> int | None:
+        try:
+            return int(v) if v is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    return IndexTable(
+        tuple(columns), name, num(table.get("ROW_BYTES")), num(table.get("ROWS")), start,
+        num(label.get("RECORD_BYTES")), str(structure) if structure and not columns else None,
+    )
 
 
 def _first_column(names: Sequence[str], *patterns: str) -> str | None:
@@ -416,16 +464,18 @@ class Archive:
             label = resp.content
         table = parse_index_label(label.decode("latin-1"), label_url)
         label_dir = label_url.rsplit("/", 1)[0] + "/"
-        names = [table.table_name] if table.table_name else []
-        names += ["INDEX.TAB", "index.tab"]
-        data = None
-        for name in dict.fromkeys(n for t in names for n in (t, t.upper(), t.lower())):
-            resp = self.get(label_dir + quote(name))
-            if resp is not None:
-                data = resp.content
-                break
+        if table.structure:  # the COLUMN objects live in a separate format file
+            fmt = self._get_any(label_dir, table.structure)
+            if fmt is None:
+                raise UserError(f"{label_dir}: the format file {table.structure} is missing")
+            columns = parse_columns(fmt.decode("latin-1"), label_dir + table.structure)
+            table = dataclasses.replace(table, columns=tuple(columns), structure=None)
+        if not table.columns:
+            raise UserError(f"{label_url}: the index table has no columns")
+        tab_name = table.table_name or "INDEX.TAB"
+        data = self._get_any(label_dir, tab_name)
         if data is None:
-            raise UserError(f"{label_dir}: the index table {names[0]} is missing")
+            raise UserError(f"{label_dir}: the index table {tab_name} is missing")
         rows = table.rows(data)
         col_names = [c[0] for c in table.columns]
         if rows and row_path(rows[0]) is None:
@@ -452,6 +502,15 @@ class Archive:
                 row.get(time_col) if time_col else None, "index", row,
             ))
         return out
+
+    def _get_any(self, folder_url: str, name: str) -> bytes | None:
+        """Body of ``name`` in ``folder_url`` as written, upper- or lower-cased; None if absent."""
+        name = name.replace("\\", "/").rsplit("/", 1)[-1]
+        for variant in dict.fromkeys([name, name.upper(), name.lower()]):
+            resp = self.get(folder_url + quote(variant))
+            if resp is not None:
+                return resp.content
+        return None
 
     def walk(self, dataset: str, folder: str, folder_url: str) -> list[Candidate]:
         """Candidates found by walking the HTML listings under DATA/ (pruned by filters)."""

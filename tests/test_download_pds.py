@@ -150,6 +150,31 @@ def test_file_spec_index_style(tmp_path, params_file) -> None:
     assert "FILE_SPECIFICATION_NAME" in m.files[0].meta["index_row"]
 
 
+def test_index_with_header_row_and_structure_file(tmp_path, params_file) -> None:
+    """Two PDS3 variants: COLUMN objects in a ^STRUCTURE file, a header row before the rows."""
+    root = tmp_path / "psa"
+    build_psa_archive(root, datasets=[DS1], products_per_dataset=2, **DIMS)
+    index = root / DS1 / "INDEX"
+    label = (index / "INDEX.LBL").read_text()
+    first = label.index("  OBJECT             = COLUMN")
+    cut = label.rindex("END_OBJECT         = COLUMN") + len("END_OBJECT         = COLUMN")
+    (index / "INDEX.FMT").write_text(label[first:cut] + "\r\nEND\r\n")
+    label = label[:first] + '  ^STRUCTURE         = "INDEX.FMT"' + label[cut:]
+    label = label.replace('^INDEX_TABLE         = "INDEX.TAB"', '^INDEX_TABLE = ("INDEX.TAB", 2)')
+    (index / "INDEX.LBL").write_text(label)
+    tab = (index / "INDEX.TAB").read_bytes()
+    row_bytes = tab.index(b"\n") + 1
+    # a row that must be skipped: read as data, it would select a product the server lacks
+    header = tab[:row_bytes].replace(b"V1_00377420372", b"V1_99999999999")
+    assert header != tab[:row_bytes]
+    (index / "INDEX.TAB").write_bytes(header + tab)
+    with serve_directory(root) as url:
+        assert run(url, tmp_path / "out", params_file, "--dataset", DS1) == 0
+    m = manifest_of(tmp_path / "out")
+    assert len(m.files) == 2 and all(f.meta["source"] == "index" for f in m.files)
+    assert not [f for f in m.files if "9999" in f.path]
+
+
 # ------------------------------------------------------------------------- transfer faults
 
 
