@@ -1,0 +1,355 @@
+"""Download Sentinel-2 products for an area and dates: ``python -m pipeline.download_sentinel2``.
+
+One interface, three backends (``--backend``):
+
+- ``stac`` (default, no account): STAC item search (pystac-client) on Earth Search v1
+  ``sentinel-2-c1-l2a``; reads only the needed window of each band's Cloud-Optimised GeoTIFF
+  over HTTP and writes one multi-band GeoTIFF per item (the selected bands + SCL, 10 m grid).
+- ``cdse`` (Copernicus Data Space account): OData search, Bearer-token download of SAFE zips
+  through :mod:`pipeline.fetch` (<= 4 parallel, resume, checksum).
+- ``dhus`` (a DHuS hub you name with ``--dhus-url``): sentinelsat. DHuS only: the Copernicus
+  Open Access Hub it was written for closed in 2023 and sentinelsat cannot talk to CDSE.
+
+Every backend writes ``OUT/manifest.json`` (:mod:`pipeline.manifest`): product id, path,
+source URL, size, sha256 and the query. Passing that file back with ``--locked`` fetches exactly
+those products again and fails if any byte differs. Products already present are not fetched
+again. Settings come from the ``download_sentinel2`` section of params.yaml (flags override)
+and the band list from ``sentinel2.bands``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from parsers.cli import EXIT_OK, cli_entry
+from parsers.errors import ParamsError, UserError
+from parsers.sentinel2 import DEFAULT_BANDS, NATIVE_RESOLUTION
+from pipeline import manifest as mf
+from pipeline.params import DEFAULT_PARAMS, from_dict, load_section, read_params_file
+from pipeline.sentinel2_backends import BACKENDS, make_backend
+from pipeline.sentinel2_backends.common import Failed, Fetched, Product, Query
+
+PROG = "python -m pipeline.download_sentinel2"
+
+# Lombardia (Italian region, IT-C4), lon/lat degrees: the region's extreme points rounded
+# outward (westmost ~8.50 E on the Ticino, eastmost ~11.43 E in the province of Mantua,
+# southmost ~44.68 N in the Oltrepo Pavese, northmost ~46.64 N at Livigno). [inferred from
+# the region's extent; not read from an official boundary file]
+LOMBARDIA_BBOX = (8.49, 44.67, 11.43, 46.64)
+EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
+CDSE_CATALOGUE_URL = "https://catalogue.dataspace.copernicus.eu/odata/v1"
+CDSE_DOWNLOAD_URL = "https://download.dataspace.copernicus.eu/odata/v1"
+CDSE_TOKEN_URL = (
+    "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
+)
+
+
+@dataclass(frozen=True)
+class DownloadSentinel2Params:
+    """Settings of the Sentinel-2 download stage (params.yaml section ``download_sentinel2``).
+
+    ``bbox`` (west, south, east, north) in degrees; ``start``/``end`` inclusive ISO dates;
+    ``max_cloud`` percent; ``window_px`` (stac only) the largest window edge in 10 m pixels
+    read from each item, centred on the part of the item inside ``bbox`` and snapped to the
+    480 m tile grid (0: the whole intersection); ``workers`` parallel transfers (<= 4, the
+    CDSE and DHuS connection limit); ``retries``/``backoff`` per request; ``timeout`` seconds.
+    """
+
+    backend: Literal["stac", "cdse", "dhus"] = "stac"
+    out: Path = Path("data/raw/sentinel2")
+    bbox: tuple[float, float, float, float] = LOMBARDIA_BBOX
+    start: str = "2017-01-01"
+    end: str = "2017-12-31"
+    level: Literal["L2A", "L1C"] = "L2A"
+    max_cloud: float = 20.0
+    max_products: int = 10
+    window_px: int = 1920
+    stac_url: str = EARTH_SEARCH_URL
+    stac_collection: str = "sentinel-2-c1-l2a"
+    cdse_catalogue_url: str = CDSE_CATALOGUE_URL
+    cdse_download_url: str = CDSE_DOWNLOAD_URL
+    cdse_token_url: str = CDSE_TOKEN_URL
+    dhus_url: str | None = None
+    page_size: int = 100
+    workers: int = 4
+    retries: int = 5
+    backoff: float = 0.5
+    timeout: float = 60.0
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        w, s, e, n = self.bbox
+        if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+            raise ValueError(f"bbox {list(self.bbox)} must be west<east, south<north in degrees")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            try:
+                _iso_date(value)
+            except ValueError:
+                raise ValueError(f"{name} {value!r} is not an ISO date (YYYY-MM-DD)") from None
+        if _iso_date(self.start) > _iso_date(self.end):
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        if not 0 <= self.max_cloud <= 100:
+            raise ValueError(f"max_cloud {self.max_cloud} must be within 0..100 (%)")
+        if self.max_products < 1:
+            raise ValueError("max_products must be at least 1")
+        if self.window_px < 0 or self.window_px % 48:
+            raise ValueError(f"window_px {self.window_px} must be 0 or a multiple of 48")
+        if not 1 <= self.workers <= 4:
+            raise ValueError(f"workers {self.workers} must be 1..4 (the services allow 4)")
+        if self.retries < 0 or self.backoff < 0 or self.timeout <= 0 or self.page_size < 1:
+            raise ValueError("retries, backoff must be >= 0; timeout, page_size > 0")
+
+    def query(self) -> Query:
+        return Query(tuple(self.bbox), self.start, self.end, self.level, self.max_cloud,
+                     self.max_products)
+
+
+def _iso_date(text: str):
+    import datetime as dt
+
+    return dt.date.fromisoformat(str(text)[:10])
+
+
+def load_bands(params_path: str | Path) -> tuple[str, ...]:
+    """The band list of params section ``sentinel2.bands`` (default: the 9 default bands).
+
+    Validated: 9 distinct known band names starting with B02, B03, B04 (docs/sentinel2.md §1.1).
+    """
+    path = Path(params_path)
+    data = read_params_file(path) if path.is_file() else {}
+    section = data.get("sentinel2") or {}
+    bands = section.get("bands", list(DEFAULT_BANDS)) if isinstance(section, dict) else None
+    if not isinstance(bands, list) or not all(isinstance(b, str) for b in bands):
+        raise ParamsError(f"{path}: sentinel2.bands must be a list of band names")
+    unknown = [b for b in bands if b not in NATIVE_RESOLUTION]
+    if unknown:
+        raise ParamsError(f"{path}: sentinel2.bands: unknown band(s) {', '.join(unknown)}")
+    if len(bands) != 9 or len(set(bands)) != 9 or bands[:3] != ["B02", "B03", "B04"]:
+        raise ParamsError(
+            f"{path}: sentinel2.bands must hold 9 distinct bands starting B02, B03, B04; "
+            f"got {bands}"
+        )
+    return tuple(bands)
+
+
+@dataclass
+class RunSummary:
+    """What one run did: counts, the manifest written, and the products that failed."""
+
+    manifest: Path
+    fetched: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    failed: list[Failed] = dataclasses.field(default_factory=list)
+
+
+def _query_record(settings: DownloadSentinel2Params, backend, bands: tuple[str, ...]) -> dict:
+    query = settings.query().as_dict()
+    query.update({"backend": settings.backend, "service_url": backend.service_url,
+                  "bands": list(bands)})
+    if settings.backend == "stac":
+        query.update({"collection": settings.stac_collection, "window_px": settings.window_px})
+    return query
+
+
+def run(
+    settings: DownloadSentinel2Params, bands: tuple[str, ...], locked: Path | None = None
+) -> RunSummary:
+    """Search (or replay ``locked``), fetch what is missing, write ``OUT/manifest.json``.
+
+    Raises UserError when nothing matches, when a service refuses or cannot be reached, when
+    a locked product differs from its lock, or (after writing the manifest of what did
+    arrive) when some products failed.
+    """
+    out = Path(settings.out)
+    backend = make_backend(settings.backend, settings, bands)
+    lock = None
+    if locked is not None:
+        lock = mf.Manifest.read(locked)
+        if lock.source != "sentinel2":
+            raise UserError(f"{locked}: not a Sentinel-2 manifest (source {lock.source!r})")
+        lb = lock.query.get("backend")
+        if lb != settings.backend:
+            raise UserError(
+                f"{locked}: the lock was made with --backend {lb}, not {settings.backend}; "
+                f"use --backend {lb}"
+            )
+        products = backend.locate(lock.files)
+        query = lock.query
+    else:
+        products = backend.search(settings.query())
+        query = _query_record(settings, backend, bands)
+        if not products:
+            q = settings.query()
+            raise UserError(
+                f"{backend.service}: no Sentinel-2 {q.level} products in bbox {list(q.bbox)} "
+                f"from {q.start} to {q.end} with cloud cover <= {q.max_cloud:g}%; widen the "
+                "search (--bbox, --start/--end, --max-cloud)"
+            )
+    previous = mf.read_if_exists(out / mf.MANIFEST_NAME)
+    known = {e.product_id: e for e in previous.files} if previous else {}
+    if lock is not None:
+        known.update({e.product_id: e for e in lock.files})
+    todo: list[Product] = []
+    entries: dict[str, mf.ManifestEntry] = {}
+    summary = RunSummary(out / mf.MANIFEST_NAME)
+    for product in products:
+        entry = known.get(product.product_id)
+        if entry is not None and _present(out, entry, strict=lock is not None):
+            entries[product.product_id] = entry
+            summary.skipped += 1
+        else:
+            todo.append(product)
+
+    def write_manifest() -> None:
+        files = [entries[p.product_id] for p in products if p.product_id in entries]
+        mf.Manifest("sentinel2", query, files).write(summary.manifest)
+
+    def on_done(res: Fetched | Failed) -> None:
+        """Record one finished product; the manifest is rewritten so an interrupted run
+        keeps what it already has."""
+        if isinstance(res, Failed):
+            if res.ignorable:
+                warnings.warn(f"{res.product.product_id}: skipped: {res.error}", stacklevel=1)
+            else:
+                summary.failed.append(res)
+            return
+        rel = res.path.resolve().relative_to(out.resolve()).as_posix()
+        meta = res.product.manifest_meta()
+        meta.update(res.meta)
+        entry = mf.ManifestEntry(res.product.product_id, rel, res.product.url, res.size,
+                                 res.sha256, meta)
+        if lock is not None:
+            _check_against_lock(lock, entry, res.path, locked)
+        entries[entry.product_id] = entry
+        summary.fetched += 0 if res.skipped else 1
+        summary.skipped += 1 if res.skipped else 0
+        summary.bytes += res.transferred
+        write_manifest()
+
+    if todo:
+        backend.fetch(todo, out, on_done)
+    write_manifest()
+    files = [entries[p.product_id] for p in products if p.product_id in entries]
+    if summary.failed:
+        offline = [f for f in summary.failed if f.offline]
+        other = [f for f in summary.failed if not f.offline]
+        parts = []
+        if other:
+            parts.append(f"{len(other)} failed (first: {other[0].product.product_id}: "
+                         f"{other[0].error})")
+        if offline:
+            parts.append(f"{len(offline)} offline at {backend.service} (retrieval from the "
+                         "long-term archive requested; run the same command again later)")
+        raise UserError(
+            f"{backend.service}: {len(files)} of {len(products)} products downloaded; "
+            + "; ".join(parts) + "; rerun to resume"
+        )
+    return summary
+
+
+def _present(out: Path, entry: mf.ManifestEntry, strict: bool) -> bool:
+    """True when the file of ``entry`` is complete on disk (size; sha256 too if strict)."""
+    path = mf.safe_join(out, entry.path)
+    if not path.is_file() or path.stat().st_size != entry.size:
+        return False
+    return not strict or mf.sha256_file(path) == entry.sha256
+
+
+def _check_against_lock(
+    lock: mf.Manifest, entry: mf.ManifestEntry, path: Path, lock_path: Path | None
+) -> None:
+    """Refuse a re-fetched product whose content differs from the lock (file removed)."""
+    old = next((e for e in lock.files if e.product_id == entry.product_id), None)
+    if old is None:
+        return
+    # A product rebuilt from COG windows (stac) is compared by its pixel content, since
+    # another GDAL version may lay the same pixels out differently in the file.
+    key = "data_sha256" if "data_sha256" in old.meta else None
+    same = (old.meta.get(key) == entry.meta.get(key)) if key else (old.sha256 == entry.sha256)
+    if not same:
+        path.unlink(missing_ok=True)
+        what = "pixel content" if key else "sha256"
+        raise UserError(
+            f"{lock_path}: {entry.product_id}: {what} of the new download differs from the "
+            "lock (the service changed the product?); the file was removed; re-run without "
+            "--locked to make a new lock"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                   help="params file (section download_sentinel2; bands from sentinel2.bands)")
+    p.add_argument("--backend", choices=BACKENDS, help="stac (default), cdse or dhus")
+    p.add_argument("--out", help="output folder (default data/raw/sentinel2)")
+    p.add_argument("--bbox", type=_floats, metavar="W,S,E,N",
+                   help="area of interest, degrees (default: Lombardia)")
+    p.add_argument("--start", help="first sensing date, YYYY-MM-DD (default 2017-01-01)")
+    p.add_argument("--end", help="last sensing date, YYYY-MM-DD (default 2017-12-31)")
+    p.add_argument("--level", choices=("L2A", "L1C"), help="product level (default L2A)")
+    p.add_argument("--max-cloud", type=float, help="maximum cloud cover, percent")
+    p.add_argument("--max-products", type=int, help="maximum number of products")
+    p.add_argument("--window-px", type=int, help="stac: window edge in 10 m pixels (0: all)")
+    p.add_argument("--stac-url", help="STAC API root (default Earth Search v1)")
+    p.add_argument("--stac-collection", help="STAC collection (default sentinel-2-c1-l2a)")
+    p.add_argument("--cdse-catalogue-url", help="CDSE OData catalogue base URL")
+    p.add_argument("--cdse-download-url", help="CDSE OData download base URL")
+    p.add_argument("--cdse-token-url", help="CDSE identity (OpenID token) URL")
+    p.add_argument("--dhus-url", help="dhus: base URL of a DHuS hub (required; no default)")
+    p.add_argument("--workers", type=int, help="parallel transfers, 1..4")
+    p.add_argument("--retries", type=int, help="retries per request")
+    p.add_argument("--locked", type=Path, metavar="MANIFEST",
+                   help="fetch exactly the products of this manifest; fail if any differs")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show progress bars")
+    bar.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="never show progress bars")
+    return p
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected W,S,E,N numbers") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 4 numbers W,S,E,N")
+    return values
+
+
+@cli_entry(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("params", "locked")}
+    params_path = args.params
+    if not Path(params_path).is_file() and params_path == DEFAULT_PARAMS:
+        # No params.yaml here: defaults plus flags (typed and validated the same way).
+        given = {k: v for k, v in overrides.items() if v is not None}
+        settings = from_dict(DownloadSentinel2Params, given, where=PROG)
+    else:
+        settings = load_section(DownloadSentinel2Params, "download_sentinel2", params_path,
+                                overrides)
+    bands = load_bands(params_path)
+    summary = run(settings, bands, args.locked)
+    print(
+        f"{settings.backend}: {summary.fetched} fetched, {summary.skipped} already present, "
+        f"{summary.bytes / 1e6:.1f} MB of data; manifest {summary.manifest}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+__all__ = ["DownloadSentinel2Params", "RunSummary", "load_bands", "main", "run"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Types and helpers shared by the Sentinel-2 download backends."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from parsers.errors import UserError
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to search for. ``bbox`` is (west, south, east, north) in degrees (EPSG:4326);
+    ``start``/``end`` are inclusive ISO dates (UTC); ``level`` 'L2A' or 'L1C';
+    ``max_cloud`` in percent."""
+
+    bbox: tuple[float, float, float, float]
+    start: str
+    end: str
+    level: str
+    max_cloud: float
+    max_products: int
+
+    def wkt(self) -> str:
+        """The bbox as a WKT polygon (lon lat), closed, counter-clockwise."""
+        w, s, e, n = self.bbox
+        return f"POLYGON(({w} {s},{e} {s},{e} {n},{w} {n},{w} {s}))"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bbox": list(self.bbox), "start": self.start, "end": self.end,
+                "level": self.level, "max_cloud": self.max_cloud,
+                "max_products": self.max_products}
+
+
+@dataclass
+class Product:
+    """One product found by a backend. ``filename`` is the path relative to the output
+    folder; ``checksums`` maps an algorithm ('md5', 'sha256', ...) to the hex digest the
+    service publishes (may be empty); ``meta`` ends up in the manifest entry."""
+
+    product_id: str
+    url: str
+    filename: str
+    size: int | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
+    sensing_time: str | None = None
+    cloud_cover: float | None = None
+    processing_baseline: str | None = None
+    online: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def manifest_meta(self) -> dict[str, Any]:
+        out = {"sensing_time": self.sensing_time, "cloud_cover": self.cloud_cover,
+               "processing_baseline": self.processing_baseline}
+        if self.checksums:
+            out["checksums"] = dict(self.checksums)
+        out.update(self.meta)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class Fetched:
+    """A product written to ``path`` (``size`` bytes, hex ``sha256``)."""
+
+    product: Product
+    path: Path
+    size: int
+    sha256: str
+    transferred: int = 0
+    skipped: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Failed:
+    """A product that could not be fetched; ``offline`` marks a long-term-archive product,
+    ``ignorable`` one that is of no use (e.g. no full tile inside the area): a warning only."""
+
+    product: Product
+    error: str
+    offline: bool = False
+    ignorable: bool = False
+
+
+def credentials(
+    service: str, env_prefix: str, url: str, *, required: bool = True
+) -> tuple[str, str] | None:
+    """(user, password) from ``<PREFIX>_USERNAME``/``<PREFIX>_PASSWORD`` or ~/.netrc.
+
+    The netrc file is ``$NETRC`` if set, else ``~/.netrc``; the entry is looked up by the
+    host of ``url``. The password is never logged or put into an error message.
+    """
+    user = os.environ.get(f"{env_prefix}_USERNAME")
+    password = os.environ.get(f"{env_prefix}_PASSWORD")
+    if user and password:
+        return user, password
+    host = urlsplit(url).hostname or ""
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if path.is_file():
+        try:
+            found = netrc.netrc(str(path)).authenticators(host)
+        except (netrc.NetrcParseError, OSError) as exc:
+            raise UserError(f"{path}: cannot read netrc file ({type(exc).__name__})") from None
+        if found and found[0] and found[2]:
+            return found[0], found[2]
+    if not required:
+        return None
+    raise UserError(
+        f"{service}: no credentials: set {env_prefix}_USERNAME and {env_prefix}_PASSWORD, "
+        f"or add 'machine {host} login USER password PASS' to {path}"
+    )
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line, at most 160 characters, describing a network exception."""
+    inner: Any = exc
+    for _ in range(4):  # unwrap requests -> urllib3 -> socket reasons
+        nxt = getattr(inner, "reason", None) or (inner.args[0] if getattr(inner, "args", None)
+                                                 and isinstance(inner.args[0], BaseException)
+                                                 else None)
+        if nxt is None or nxt is inner:
+            break
+        inner = nxt
+    text = " ".join(str(inner).split()) or type(exc).__name__
+    return text[:160]
+
+
+def unreachable(service: str, url: str, exc: BaseException, hint: str) -> UserError:
+    """The one-line error for a service that cannot be reached."""
+    return UserError(f"{service} at {url} is unreachable ({short_reason(exc)}): {hint}")
