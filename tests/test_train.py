@@ -198,6 +198,20 @@ def test_clear_errors(tmp_path: Path, capsys, setup: str, extra: list[str], mess
     assert len(err.strip().splitlines()) == 1
 
 
+def test_out_of_memory_is_one_line_with_the_batch_size(tiles_dir: Path, tmp_path: Path,
+                                                        capsys, monkeypatch) -> None:
+    import training.train as tt
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tt, "_loss_terms", boom)
+    assert run(tiles_dir, tmp_path / "m", "--epochs", "1", "--batch-size", "16") == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "batch size 16" in err and "--batch-size 8" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_band_count_mismatch(tiles_dir: Path, tmp_path: Path, capsys) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  virtis:\n    bands: 432\n")

@@ -247,6 +247,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
 
 
@@ -677,6 +679,7 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.p.seed + epoch)
         sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
+        count = 0
         if self.train_cache is not None:
             batches = self.train_cache.batches(list(iter(self.sampler)), self.local_batch,
                                                self.dev, self.channels_last)
@@ -691,10 +694,12 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             n = x.shape[0]
-            sums += torch.stack([loss.detach().double() * n, mse.detach().double() * n,
-                                 torch.tensor(float(n), dtype=torch.float64, device=self.dev)])
+            sums[0] += loss.detach().double() * n
+            sums[1] += mse.detach().double() * n
+            count += n
             if bar is not None:
                 bar.update(n * self.d.world)
+        sums[2] = count
         total = self._reduce(sums)
         return float(total[0] / total[2]), float(total[1] / total[2])
 
@@ -704,6 +709,7 @@ class Trainer:
             return None
         self.net.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
+        count = 0
         if self.val_cache is not None:
             batches = self.val_cache.batches(range(len(self.val_set)), self.local_batch,
                                              self.dev, self.channels_last)
@@ -714,8 +720,10 @@ class Trainer:
                 logits = self.model(x, logits=True)  # no DDP hooks needed for inference
             loss, mse = _loss_terms(logits, x, mask, self.p.loss)
             n = x.shape[0]
-            sums += torch.stack([loss.double() * n, mse.double() * n,
-                                 torch.tensor(float(n), dtype=torch.float64, device=self.dev)])
+            sums[0] += loss.double() * n
+            sums[1] += mse.double() * n
+            count += n
+        sums[2] = count
         total = self._reduce(sums)
         return float(total[0] / total[2]), float(total[1] / total[2])
 
@@ -734,7 +742,7 @@ class Trainer:
         if self.progress and remaining > 0:
             from tqdm import tqdm
 
-            bar = tqdm(total=remaining * self.steps_per_epoch * self.local_batch * self.d.world,
+            bar = tqdm(total=remaining * len(self.sampler) * self.d.world,
                        unit="tile", unit_scale=True, dynamic_ncols=True, desc="train")
         last: dict[str, float] = self.history[-1] if self.history else {}
         try:
@@ -742,6 +750,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 try:
                     train_loss, train_mse = self.train_epoch(epoch, bar)
+                    train_seconds = time.perf_counter() - t0
                     val = self.validate()
                 except torch.cuda.OutOfMemoryError as exc:
                     raise self._oom(exc) from None
@@ -753,7 +762,7 @@ class Trainer:
                 done = epoch + 1
                 last = {"epoch": done, "train_loss": train_loss, "train_psnr": _psnr(train_mse),
                         "lr": self.scheduler.get_last_lr()[0], "seconds": seconds,
-                        "tiles_per_s": len(self.train_set) / seconds if seconds > 0 else 0.0}
+                        "tiles_per_s": len(self.train_set) / max(train_seconds, 1e-9)}
                 if val is not None:
                     last.update(val_loss=val[0], val_psnr=_psnr(val[1]))
                 self.history.append(last)
