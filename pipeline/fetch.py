@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import http.client
 import os
+import queue
 import re
 import threading
 import time
@@ -337,17 +338,17 @@ def download(
                     if expect is not None:
                         expect(total)
             got = 0
+            error: BaseException | None = None
+            sink = _Sink(open(part, mode), hasher, progress)  # noqa: SIM115 (closed by sink)
             try:
-                with open(part, mode) as fh:
-                    for chunk in _body_chunks(resp):
-                        fh.write(chunk)
-                        hasher.update(chunk)
-                        got += len(chunk)
-                        _tell(progress, len(chunk))
-                dropped = length is not None and got < length
-                error: BaseException | None = None
+                for chunk in _body_chunks(resp):
+                    sink.put(chunk)
+                    got += len(chunk)
             except _DROPPED as exc:
-                dropped, error = True, exc
+                error = exc
+            finally:
+                sink.close()  # waits until every chunk is written and hashed
+            dropped = error is not None or (length is not None and got < length)
             have += got
             transferred += got
         if dropped:
@@ -387,6 +388,46 @@ def download(
     return FetchResult(
         url, dest, size, digest, transferred=transferred, resumed=resumed, attempts=attempts
     )
+
+
+class _Sink:
+    """Writes and hashes body chunks in a helper thread, so that receiving, hashing and
+    writing overlap (sha256 and file writes release the GIL). At most ``depth`` chunks
+    (``depth`` MiB) wait in between, so memory stays flat."""
+
+    def __init__(self, fh: Any, hasher: Any, progress: Progress | None, depth: int = 8) -> None:
+        self._fh, self._hasher, self._progress = fh, hasher, progress
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fetch-sink", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that put() never blocks
+            try:
+                self._fh.write(chunk)
+                self._hasher.update(chunk)
+                _tell(self._progress, len(chunk))
+            except BaseException as exc:
+                self._error = exc
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        """Flush, close the file and re-raise a write error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            self._fh.close()
+        except OSError as exc:
+            self._error = self._error or exc
+        if self._error is not None:
+            raise self._error
 
 
 def _tell(progress: Progress | None, n: int) -> None:

@@ -176,6 +176,16 @@ def test_resume_existing_part_hashes_prefix(tree: Path, tmp_path: Path, session)
     assert dest.read_bytes() == data
 
 
+def test_writer_error_propagates_and_dest_untouched(tree: Path, tmp_path: Path, session) -> None:
+    def boom(n: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    dest = tmp_path / "f1.bin"
+    with serve_directory(tree) as url, pytest.raises(OSError, match="No space left"):
+        download(session, url + "DATA/A/f1.bin", dest, progress=boom)
+    assert not dest.exists()
+
+
 def test_server_ignoring_range_restarts(tree: Path, tmp_path: Path, session) -> None:
     data = (tree / "DATA/A/f1.bin").read_bytes()
     dest = tmp_path / "f1.bin"
