@@ -1,0 +1,195 @@
+"""Benchmark of the dataset build: statistics vs plain numpy reading, workers, tiling, memory.
+
+    python benchmarks/bench_stats.py                 # 2 GB of calibrated VIRTIS-M cubes
+    python benchmarks/bench_stats.py --gb 0.2        # a quick check
+
+Synthetic calibrated VIRTIS-M VIS cubes (432 bands x 256 samples x ``--lines`` lines,
+big-endian float32 with special values, as the reader sees real .CAL products) are written
+once to ``--workdir`` (4 distinct cubes, copied under new names up to ``--gb``). Each phase
+runs in its own process after one warm-up read of every file (so all phases read from the
+page cache, and the numbers compare computation, not the disk). Peak memory is the highest
+summed RSS of the phase's process tree, sampled every 20 ms.
+
+Phases:
+  numpy-read      np.fromfile of every file (the "simply read the files once" reference)
+  reader-read     the files through parsers.virtis in blocks (chunk_mb), no statistics
+  stats-proc-1/2  pipeline.stats partials + merge, dask "processes" scheduler, 1 / 2 workers
+  stats-thr-2     the same with the "threads" scheduler, 2 workers
+  tiles           pipeline.tiles of every cube into one HDF5 (64 x 64 tiles, blosc2-zstd)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BANDS, SAMPLES = 432, 256
+
+
+def make_cubes(workdir: Path, gb: float, lines: int) -> list[Path]:
+    from parsers.virtis_synthetic import write_virtis_product
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    size = BANDS * SAMPLES * lines * 4
+    n = max(1, round(gb * 1e9 / size))
+    paths = []
+    for i in range(n):
+        path = workdir / f"V1_{388238696 + 1000 * i:011d}.QUB"
+        if not path.exists() or path.stat().st_size < size:
+            if i < 4:
+                write_virtis_product(path, kind="cal", bands=BANDS, samples=SAMPLES, lines=lines,
+                                     seed=i)
+            else:
+                shutil.copyfile(paths[i % 4], path)
+        paths.append(path)
+    return paths
+
+
+class PeakRSS:
+    """Highest summed RSS (bytes) of this process and its children while active."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(Exception):  # a child that just exited
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict:
+    """Run one phase in this process; return seconds and peak RSS."""
+    from pipeline.products import ProductRef, open_product
+    from pipeline.stats import HistogramSpec, compute_stats, make_tasks
+
+    refs = [ProductRef(p.name, p) for p in paths]
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        if phase == "numpy-read":
+            for p in paths:
+                np.fromfile(p, dtype=np.uint8)
+        elif phase == "reader-read":
+            for r in refs:
+                product = open_product("virtis", r.path)
+                for _ in product.iter_blocks(product.lines_for_bytes(chunk_mb * 1e6)):
+                    pass
+        elif phase.startswith("stats-"):
+            _, kind, workers = phase.split("-")
+            scheduler = {"proc": "processes", "thr": "threads"}[kind]
+            tasks = make_tasks("virtis", refs)
+            stats = compute_stats("virtis", tasks, HistogramSpec(), scheduler, int(workers),
+                                  chunk_mb, progress=False)
+            assert int(stats.count.sum()) > 0
+        elif phase == "tiles":
+            from pipeline.stats import StatsParams, product_metadata, stats_document
+            from pipeline.tiles import VirtisTileParams, write_split_tiles
+
+            st = compute_stats("virtis", make_tasks("virtis", refs[:1]), HistogramSpec(),
+                               "synchronous", progress=False)
+            doc = stats_document("virtis", st, [refs[0].product_id], StatsParams(),
+                                 product_metadata("virtis", refs[0]))
+            t0 = time.perf_counter()  # time the tiling only
+            write_split_tiles(out / "tiles.h5", "virtis", "train", refs, VirtisTileParams(),
+                              doc, progress=False)
+        else:
+            raise SystemExit(f"unknown phase {phase}")
+        seconds = time.perf_counter() - t0
+    return {"phase": phase, "seconds": seconds, "peak_rss": mem.peak}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gb", type=float, default=2.0, help="total size of the cubes (GB)")
+    ap.add_argument("--lines", type=int, default=400, help="lines per cube")
+    ap.add_argument("--chunk-mb", type=float, default=32.0, help="block size of the readers")
+    ap.add_argument("--workdir", type=Path,
+                    default=Path(tempfile.gettempdir()) / "sscnet-bench-stats")
+    ap.add_argument("--phases", default="numpy-read,reader-read,stats-proc-1,stats-proc-2,"
+                                        "stats-thr-2,tiles")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase, print JSON
+    args = ap.parse_args(argv)
+
+    paths = make_cubes(args.workdir / "cubes", args.gb, args.lines)
+    if args.phase:
+        out = args.workdir / "out"
+        out.mkdir(exist_ok=True)
+        print(json.dumps(run_phase(args.phase, paths, args.chunk_mb, out)))
+        return 0
+
+    total = sum(p.stat().st_size for p in paths)
+    import dask
+    import h5py
+
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; python {platform.python_version()}, numpy {np.__version__}, "
+          f"dask {dask.__version__}, h5py {h5py.__version__}")
+    print(f"data: {len(paths)} calibrated VIRTIS-M cubes of {BANDS} x {args.lines} x {SAMPLES} "
+          f"float32, {total / 1e9:.2f} GB in {args.workdir / 'cubes'}; "
+          f"blocks of {args.chunk_mb} MB")
+    for p in paths:  # warm the page cache so every phase reads from memory
+        np.fromfile(p, dtype=np.uint8)
+    results = []
+    for phase in args.phases.split(","):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--phase", phase, "--gb", str(args.gb), "--lines",
+             str(args.lines), "--chunk-mb", str(args.chunk_mb), "--workdir", str(args.workdir)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            print(f"{phase}: failed\n{proc.stderr[-2000:]}")
+            return 1
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["mb_per_s"] = total / 1e6 / res["seconds"]
+        results.append(res)
+    ref = {r["phase"]: r for r in results}
+    print(f"{'phase':<14} {'seconds':>8} {'MB/s':>8} {'vs numpy':>9} {'peak RSS':>10}")
+    for r in results:
+        rel = (r["mb_per_s"] / ref["numpy-read"]["mb_per_s"]) if "numpy-read" in ref else None
+        r["vs_numpy_read"] = rel
+        print(f"{r['phase']:<14} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} "
+              f"{'' if rel is None else f'{rel:8.0%}':>9} {r['peak_rss'] / 1e6:8.0f} MB")
+    if "stats-proc-1" in ref and "stats-proc-2" in ref:
+        speedup = ref["stats-proc-1"]["seconds"] / ref["stats-proc-2"]["seconds"]
+        print(f"speed-up 1 -> 2 worker processes: {speedup:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"bytes": total, "files": len(paths),
+                                         "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
