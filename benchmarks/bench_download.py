@@ -64,9 +64,20 @@ def _child(argv: list[str]) -> int:
             print([r.error for r in results if not r.ok], file=sys.stderr)
             return 1
     seconds = time.perf_counter() - t0
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "rss_mib": rss_kib / 1024}))
+    print(json.dumps({"seconds": seconds, "rss_mib": _peak_rss_kib() / 1024}))
     return 0
+
+
+def _peak_rss_kib() -> int:
+    """Peak RSS of this process since exec (Linux VmHWM; ru_maxrss can include the memory of
+    the parent it was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _run_child(args: list[str]) -> dict:
@@ -135,7 +146,8 @@ def main() -> int:
             small = _run_child(["stage", url, str(tmp / "small_out"), str(args.jobs), "[]"])
     print(f"\npeak RSS of the stage: {stage_rss:.0f} MiB with {total / args.files / 1e6:.1f} MB "
           f"files, {small['rss_mib']:.0f} MiB with {small_total / args.files / 1e6:.2f} MB files "
-          f"(difference {stage_rss - small['rss_mib']:+.0f} MiB; bodies stream in 1 MiB chunks)")
+          f"(difference {stage_rss - small['rss_mib']:+.0f} MiB; bodies stream in 1 MiB chunks, "
+          f"at most 5 MiB in flight per transfer)")
     return 0
 
 

@@ -393,9 +393,9 @@ def download(
 class _Sink:
     """Writes and hashes body chunks in a helper thread, so that receiving, hashing and
     writing overlap (sha256 and file writes release the GIL). At most ``depth`` chunks
-    (``depth`` MiB) wait in between, so memory stays flat."""
+    of up to 1 MiB wait in between: memory per transfer is bounded, whatever the file size."""
 
-    def __init__(self, fh: Any, hasher: Any, progress: Progress | None, depth: int = 8) -> None:
+    def __init__(self, fh: Any, hasher: Any, progress: Progress | None, depth: int = 4) -> None:
         self._fh, self._hasher, self._progress = fh, hasher, progress
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
