@@ -40,6 +40,7 @@ import requests
 from parsers.cli import cli_entry
 from parsers.errors import UserError
 from pipeline.fetch import (
+    RETRY_STATUSES,
     FetchJob,
     FetchResult,
     check_url,
@@ -414,6 +415,9 @@ class Archive:
             raise UserError(f"{url}: connection failed ({_reason(exc)})") from None
         except requests.RequestException as exc:
             raise UserError(f"{url}: request failed ({_reason(exc)})") from None
+        if not self._reached and resp.status_code in RETRY_STATUSES:
+            # The probe only fails fast on connections; a busy server gets the full retries.
+            resp = self.session.get(url)
         self._reached = True
         if resp.status_code in (404, 410):
             return None

@@ -180,7 +180,8 @@ def test_index_with_header_row_and_structure_file(tmp_path, params_file) -> None
 
 def test_resume_after_mid_file_drop_and_retry_after_503(archive, tmp_path, params_file) -> None:
     root, _ = archive
-    faults = Faults(drop_after={"*.CAL": 10_000}, fail_first={"*/INDEX/INDEX.TAB": 2})
+    faults = Faults(drop_after={"*.CAL": 10_000},
+                    fail_first={"*/INDEX/INDEX.TAB": 2, "*/INDEX/INDEX.LBL": 3})
     out = tmp_path / "out"
     with serve_directory(root, faults) as url:
         rc = run(url, out, params_file, "--dataset", DS1, "--max-files", "3")
