@@ -110,3 +110,49 @@ def test_tile_array_edges_are_not_padded():
     tiles, where = tile_array(cube, 4, 3)
     assert where == [(0, 0), (0, 3), (3, 0), (3, 3), (6, 0), (6, 3)]
     np.testing.assert_array_equal(tiles[3], cube[:, 3:7, 3:7])
+
+
+def test_raw_virtis_dark_lines_are_left_out(tmp_path):
+    from parsers import virtis
+    from parsers.virtis_synthetic import write_virtis_product
+    from pipeline.products import open_product
+
+    path = write_virtis_product(tmp_path / "V1_00388238696.QUB", kind="raw", bands=8,
+                                samples=16, lines=40, dark_rate=5)
+    cube = virtis.read(path)
+    keep = np.flatnonzero(cube.valid_lines)
+    assert 0 < keep.size < 40
+    product = open_product("virtis", path)
+    assert product.lines == keep.size and list(product.line_numbers) == list(keep)
+    data, _ = product.read_block(2, 9)
+    np.testing.assert_array_equal(data, cube.load()[:, keep[2:9]])
+
+
+def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypatch):
+    from tile_fixtures import virtis_download_dir
+
+    from parsers import pds3
+    from pipeline.products import list_products
+    from pipeline.stats import (
+        HistogramSpec,
+        StatsParams,
+        compute_stats,
+        make_tasks,
+        product_metadata,
+        stats_document,
+    )
+    from pipeline.tiles import VirtisTileParams
+
+    def no_load(self):
+        raise AssertionError("whole cube loaded")
+
+    monkeypatch.setattr(pds3.Cube, "load", no_load)
+    refs = list_products(virtis_download_dir(tmp_path / "raw", n=2, bands=8, lines=40), "virtis",
+                         ["cal"])
+    st = compute_stats("virtis", make_tasks("virtis", refs), HistogramSpec(), "synchronous",
+                       chunk_mb=0.01, progress=False)
+    doc = stats_document("virtis", st, [r.product_id for r in refs], StatsParams(),
+                         product_metadata("virtis", refs[0]))
+    counts = write_split_tiles(tmp_path / "t.h5", "virtis", "train", refs,
+                               VirtisTileParams(size=16), doc, progress=False)
+    assert counts["kept"] + counts["dropped_invalid"] == 2 * 2 * 2
