@@ -276,6 +276,7 @@ def download(
     resumed = False
     attempts = 0
     drops = 0
+    validator: str | None = None  # strong ETag or Last-Modified of this transfer's body
     while True:
         if expected_size is not None and have > expected_size:
             _tell(progress, -have)
@@ -284,6 +285,8 @@ def download(
         if total is not None and have == total and have > 0:
             break  # the part already holds every byte
         headers = {"Range": f"bytes={have}-"} if have else {}
+        if have and validator:
+            headers["If-Range"] = validator  # the server sends it all (200) if it changed
         attempts += 1
         try:
             resp = session.get(url, headers=headers, stream=True)
@@ -337,6 +340,9 @@ def download(
                     expect = getattr(progress, "expect", None)
                     if expect is not None:
                         expect(total)
+            etag = resp.headers.get("ETag", "")
+            validator = (etag if etag and not etag.startswith("W/")
+                         else resp.headers.get("Last-Modified")) or validator
             got = 0
             error: BaseException | None = None
             sink = _Sink(open(part, mode), hasher, progress)  # noqa: SIM115 (closed by sink)

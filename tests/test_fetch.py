@@ -164,6 +164,21 @@ def test_resume_after_mid_body_drop(tree: Path, tmp_path: Path, session) -> None
     assert gets[1].range.startswith("bytes=") and gets[1].status == 206
 
 
+def test_resume_sends_if_range_and_restarts_on_change(tree: Path, tmp_path: Path, session) -> None:
+    path = tree / "DATA/A/f1.bin"
+    data = path.read_bytes()
+
+    def touch(n: int) -> None:  # the file "changes" on the server during the transfer
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+
+    with serve_directory(tree, Faults(drop_after={"DATA/A/f1.bin": 100_000})) as url:
+        res = download(session, url + "DATA/A/f1.bin", tmp_path / "a.bin", progress=touch)
+        gets = url.requests_for("DATA/A/f1.bin")
+    assert [g.status for g in gets] == [200, 200]  # If-Range did not match: whole file again
+    assert gets[1].range is not None and not res.resumed
+    assert (tmp_path / "a.bin").read_bytes() == data and res.sha256 == _sha(data)
+
+
 def test_resume_existing_part_hashes_prefix(tree: Path, tmp_path: Path, session) -> None:
     data = (tree / "DATA/A/f1.bin").read_bytes()
     dest = tmp_path / "f1.bin"

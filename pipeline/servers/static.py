@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -257,9 +258,17 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
             if data is None and not target.is_file():
                 self._simple(rel, 404)
                 return
-            size = len(data) if data is not None else target.stat().st_size
+            if data is not None:
+                size, mtime = len(data), 0.0
+            else:
+                st = target.stat()
+                size, mtime = st.st_size, st.st_mtime
+            modified = formatdate(mtime, usegmt=True)
             start, end, status = 0, size - 1, 200
             rng = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            if if_range is not None and if_range != modified:
+                rng = None  # changed since the client's copy: send it all
             if rng and not faults.ignores_range(rel):
                 parsed = _parse_range(rng, size)
                 if parsed == "unsat":
@@ -272,6 +281,7 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Last-Modified", modified)
             self.send_header("Content-Length", str(count))
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
