@@ -234,16 +234,7 @@ class CdseBackend:
 
     def locate(self, entries: Sequence[ManifestEntry]) -> list[Product]:
         """The locked products, straight from the lock (URL, size, checksums)."""
-        out = []
-        for e in entries:
-            checksums = dict(e.meta.get("checksums") or {})
-            checksums["sha256"] = e.sha256
-            out.append(Product(e.product_id, e.url, e.path, e.size, checksums,
-                               e.meta.get("sensing_time"), e.meta.get("cloud_cover"),
-                               e.meta.get("processing_baseline"),
-                               meta={k: e.meta[k] for k in ("uuid", "s3_path", "level")
-                                     if k in e.meta}))
-        return out
+        return [Product.from_lock(e) for e in entries]
 
     # ------------------------------------------------------------------- fetch
     def fetch(
@@ -292,7 +283,7 @@ class CdseBackend:
                 raise ValueError(f"MD5 {h.hexdigest()} differs from the published {want}")
 
         jobs = [FetchJob(p.url, d, expected_size=p.size,
-                         expected_sha256=p.checksums.get("sha256"),
+                         expected_sha256=p.expected_sha256,
                          meta={"product_id": p.product_id}) for d, p in by_dest.items()]
         results = fetch_all(session, jobs, max_workers=self.settings.workers, verify=verify,
                             desc="cdse", progress=self.settings.progress)

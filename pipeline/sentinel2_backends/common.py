@@ -52,6 +52,17 @@ class Product:
     processing_baseline: str | None = None
     online: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
+    expected_sha256: str | None = None  # set when replaying a lock
+
+    @classmethod
+    def from_lock(cls, entry: Any) -> Product:
+        """The product of a locked manifest entry (same URL, path, size, sha256, meta)."""
+        meta = {k: v for k, v in entry.meta.items()
+                if k not in ("sensing_time", "cloud_cover", "processing_baseline", "checksums")}
+        return cls(entry.product_id, entry.url, entry.path, entry.size,
+                   dict(entry.meta.get("checksums") or {}), entry.meta.get("sensing_time"),
+                   entry.meta.get("cloud_cover"), entry.meta.get("processing_baseline"),
+                   meta=meta, expected_sha256=entry.sha256)
 
     def manifest_meta(self) -> dict[str, Any]:
         out = {"sensing_time": self.sensing_time, "cloud_cover": self.cloud_cover,

@@ -125,15 +125,10 @@ class DhusBackend:
         )
 
     def locate(self, entries: Sequence[ManifestEntry]) -> list[Product]:
-        out = []
         for e in entries:
             if "uuid" not in e.meta:
                 raise UserError(f"lock entry {e.product_id}: no 'uuid' in meta (not a dhus lock)")
-            out.append(Product(e.product_id, e.url, e.path, e.size, {"sha256": e.sha256},
-                               e.meta.get("sensing_time"), e.meta.get("cloud_cover"),
-                               e.meta.get("processing_baseline"),
-                               meta={"uuid": e.meta["uuid"], "level": e.meta.get("level")}))
-        return out
+        return [Product.from_lock(e) for e in entries]
 
     # ------------------------------------------------------------------- fetch
     def fetch(

@@ -13,7 +13,8 @@ Endpoints below the base URL ``http://127.0.0.1:PORT/``:
 Fault modes on the :class:`CdseHub` object: ``rate_limit`` (429 with Retry-After to the first N
 downloads), ``fail_first`` (503 to the first N downloads), ``bad_checksum`` (uuid set whose
 published MD5 is wrong), ``revoke_tokens()`` (every issued token stops working: imitates
-expiry), ``search_fail`` (503 to the first N searches), ``token_lifetime`` seconds.
+expiry), ``search_fail`` (503 to the first N searches), ``token_lifetime`` seconds,
+``revoke_after_downloads`` (tokens stop working after N downloads), ``empty_checksum``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class CdseHub:
     search_fail: int = 0
     bad_checksum: set[str] = field(default_factory=set)
     empty_checksum: bool = False
+    revoke_after_downloads: int = 0  # revoke every token once this many bodies were served
+    served: int = 0
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, range
     auth_headers: list[str] = field(default_factory=list)
     grants: list[str] = field(default_factory=list)
@@ -189,6 +192,10 @@ def _handler(hub: CdseHub):
                 return
             send_ranged(self, product.data, {
                 "Content-Disposition": f'attachment; filename="{product.title}.zip"'})
+            with hub._lock:
+                hub.served += 1
+                if hub.served == hub.revoke_after_downloads:
+                    hub._tokens.clear()
 
         def _search(self, query: str) -> None:
             if hub.take("search_fail"):
