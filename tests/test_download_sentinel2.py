@@ -18,15 +18,15 @@ pytest.importorskip("rasterio")
 pytest.importorskip("pystac_client")
 pytest.importorskip("sentinelsat")
 
-import rasterio  # noqa: E402
+import rasterio
 
-from pipeline.download_sentinel2 import DownloadSentinel2Params, load_bands, main  # noqa: E402
-from pipeline.manifest import Manifest  # noqa: E402
-from pipeline.servers.static import Faults  # noqa: E402
-from pipeline.servers.stac import build_stac_catalogue, serve_stac_catalogue  # noqa: E402
-from tests.servers import cdse as fake_cdse  # noqa: E402
-from tests.servers import dhus as fake_dhus  # noqa: E402
-from tests.servers.products import make_products  # noqa: E402
+from pipeline.download_sentinel2 import DownloadSentinel2Params, load_bands, main
+from pipeline.manifest import Manifest
+from pipeline.servers.stac import build_stac_catalogue, serve_stac_catalogue
+from pipeline.servers.static import Faults
+from tests.servers import cdse as fake_cdse
+from tests.servers import dhus as fake_dhus
+from tests.servers.products import make_products
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
 
