@@ -103,20 +103,35 @@ def test_stac_end_to_end_reads_windows_into_multiband_geotiffs(tmp_path, catalog
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
     assert path.stat().st_size == entry.size
     with rasterio.open(path) as src:
-        assert src.count == 10 and src.dtypes[0] == "uint16" and src.nodatavals[0] == 0
-        assert list(src.descriptions) == [*BANDS, "SCL"]
+        assert src.count == 9 and src.dtypes[0] == "uint16" and src.nodatavals[0] == 0
+        assert list(src.descriptions) == BANDS
         assert src.tags(1)["BOA_ADD_OFFSET"] == "-1000"
         assert src.scales[0] == pytest.approx(1e-4) and src.offsets[0] == pytest.approx(-0.1)
         assert src.tags()["PROCESSING_BASELINE"] == "05.00"
         data = src.read()
         assert src.transform.a == 10 and src.crs.to_epsg() == 32632
-    # The 10 m band equals the served COG; the 20 m band is pixel-replicated (nearest).
+    scl_path = out / entry.meta["sidecars"]["SCL"]["path"]
+    assert hashlib.sha256(scl_path.read_bytes()).hexdigest() == entry.meta["sidecars"]["SCL"][
+        "sha256"]
+    # The 10 m band equals the served COG; the 20 m bands and SCL are pixel-replicated.
     item = catalogue / "data" / entry.product_id / f"{entry.product_id}_B02.tif"
     with rasterio.open(item) as src:
         np.testing.assert_array_equal(data[0], src.read(1))
     with rasterio.open(item.with_name(f"{entry.product_id}_B05.tif")) as src:
         b05 = src.read(1)
         np.testing.assert_array_equal(data[3], np.repeat(np.repeat(b05, 2, 0), 2, 1))
+    with rasterio.open(item.with_name(f"{entry.product_id}_SCL.tif")) as src:
+        scl20 = src.read(1)
+    with rasterio.open(scl_path) as src:
+        np.testing.assert_array_equal(src.read(1), np.repeat(np.repeat(scl20, 2, 0), 2, 1))
+    # The Sentinel-2 reader reads the product, its sidecar MTD and harmonises the offset.
+    from parsers import sentinel2
+
+    s2 = sentinel2.read(path, scl=scl_path)
+    assert s2.product_id == entry.product_id and s2.baseline == "05.00" and s2.harmonised
+    expected = np.where(data > 0, np.maximum(data.astype(np.int32) - 1000, 1), 0)
+    np.testing.assert_array_equal(s2.data, expected.astype(np.uint16))
+    assert s2.scl is not None and s2.scl.shape == data.shape[1:]
 
 
 def test_stac_window_cap_and_rerun_downloads_nothing(tmp_path, catalogue):

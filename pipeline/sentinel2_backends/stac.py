@@ -26,7 +26,7 @@ import numpy as np
 
 from parsers.atomic import atomic_path
 from parsers.errors import UserError
-from parsers.sentinel2 import NATIVE_RESOLUTION
+from parsers.sentinel2 import ALL_BANDS, NATIVE_RESOLUTION
 from pipeline.fetch import sha256_file
 from pipeline.manifest import ManifestEntry
 from pipeline.sentinel2_backends.common import Failed, Fetched, Product, Query, short_reason
@@ -270,16 +270,33 @@ class StacBackend:
             scales.append(scale)
             offsets.append(offset)
             dn_offsets.append(round(offset / scale) if scale and band != "SCL" else 0)
+        spectral = [b for b in names if b != "SCL"]
+        k = len(spectral)
         dest = out / product.filename
+        profile = {"driver": "GTiff", "width": width, "height": height, "crs": crs,
+                   "transform": transform, "nodata": 0, "tiled": True, "blockxsize": 256,
+                   "blockysize": 256, "compress": "deflate"}
+        sidecars: dict[str, Path] = {}
+        # Sidecars first, the product file last: a complete product file implies both.
+        if "SCL" in names:
+            sidecars["SCL"] = out / f"{dest.stem}_SCL.tif"
+            with atomic_path(sidecars["SCL"]) as tmp, rasterio.open(
+                tmp, "w", count=1, dtype="uint8", **profile
+            ) as dst:
+                dst.write(stack[k:k + 1].astype(np.uint8))
+                dst.set_band_description(1, "SCL")
+                dst.update_tags(PRODUCT_ID=product.product_id, LAYER="SCL")
+        sidecars["MTD"] = out / f"{dest.stem}_MTD.xml"
+        with atomic_path(sidecars["MTD"]) as tmp:
+            tmp.write_text(_mtd_xml(product, dict(zip(spectral, dn_offsets[:k], strict=True))),
+                           encoding="utf-8")
         with atomic_path(dest) as tmp, rasterio.open(
-            tmp, "w", driver="GTiff", width=width, height=height, count=len(names),
-            dtype="uint16", crs=crs, transform=transform, nodata=0, tiled=True,
-            blockxsize=256, blockysize=256, compress="deflate", predictor=2,
+            tmp, "w", count=k, dtype="uint16", predictor=2, **profile
         ) as dst:
-            dst.write(stack)
-            dst.scales = tuple(scales)
-            dst.offsets = tuple(offsets)
-            for i, band in enumerate(names, start=1):
+            dst.write(stack[:k])
+            dst.scales = tuple(scales[:k])
+            dst.offsets = tuple(offsets[:k])
+            for i, band in enumerate(spectral, start=1):
                 dst.set_band_description(i, band)
                 dst.update_tags(i, BAND_NAME=band, STAC_ASSET=located[band][0],
                                 BOA_ADD_OFFSET=str(dn_offsets[i - 1]))
@@ -290,20 +307,61 @@ class StacBackend:
                 CLOUD_COVER=str(product.cloud_cover if product.cloud_cover is not None
                                 else ""),
                 PRODUCT_URI=str(product.meta.get("product_uri") or ""),
-                BANDS=",".join(names),
+                BANDS=",".join(spectral),
             )
         digest = hashlib.sha256(stack.tobytes())
         digest.update(json.dumps({"bands": names, "crs": crs.to_string(),
                                   "transform": list(transform)[:6]}).encode())
         meta = {
-            "bands": names, "crs": crs.to_string(), "transform": list(transform)[:6],
-            "shape": [len(names), height, width], "data_sha256": digest.hexdigest(),
-            "boa_add_offset": dict(zip(names, dn_offsets, strict=True)),
+            "bands": spectral, "crs": crs.to_string(), "transform": list(transform)[:6],
+            "shape": [k, height, width], "data_sha256": digest.hexdigest(),
+            "boa_add_offset": dict(zip(spectral, dn_offsets[:k], strict=True)),
+            "sidecars": {key: {"path": p.name, "size": p.stat().st_size,
+                               "sha256": sha256_file(p)} for key, p in sidecars.items()},
             "assets": {b: located[b][1]["href"] for b in names},
         }
         size = dest.stat().st_size
         return Fetched(product, dest, size, sha256_file(dest), transferred=int(stack.nbytes),
                        meta=meta)
+
+
+def _mtd_xml(product: Product, dn_offsets: dict[str, int]) -> str:
+    """A minimal ``MTD_MSIL2A.xml``-shaped sidecar: level, baseline, quantification and the
+    per-band ``BOA_ADD_OFFSET`` (ESA band_id order), which :mod:`parsers.sentinel2` reads as
+    ``<stem>_MTD.xml`` next to the GeoTIFF to harmonise the offset."""
+    from xml.sax.saxutils import escape
+
+    rows = "".join(
+        f'      <BOA_ADD_OFFSET band_id="{ALL_BANDS.index(b)}">{v}</BOA_ADD_OFFSET>\n'
+        for b, v in dn_offsets.items() if v)
+    offsets = (f"     <BOA_ADD_OFFSET_VALUES_LIST>\n{rows}     </BOA_ADD_OFFSET_VALUES_LIST>\n"
+               if rows else "")
+    cloud = "" if product.cloud_cover is None else (
+        "  <n1:Quality_Indicators_Info>\n"
+        f"    <Cloud_Coverage_Assessment>{product.cloud_cover}</Cloud_Coverage_Assessment>\n"
+        "  </n1:Quality_Indicators_Info>\n")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        "<!-- Written by pipeline.download_sentinel2 (stac backend) from the STAC item "
+        f"{escape(product.product_id)}: not an ESA file. -->\n"
+        '<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/'
+        'User_Product_Level-2A.xsd">\n'
+        "  <n1:General_Info>\n    <Product_Info>\n"
+        f"      <PRODUCT_START_TIME>{escape(str(product.sensing_time or ''))}"
+        "</PRODUCT_START_TIME>\n"
+        "      <PROCESSING_LEVEL>Level-2A</PROCESSING_LEVEL>\n"
+        "      <PRODUCT_TYPE>S2MSI2A</PRODUCT_TYPE>\n"
+        f"      <PROCESSING_BASELINE>{escape(str(product.processing_baseline or ''))}"
+        "</PROCESSING_BASELINE>\n"
+        "    </Product_Info>\n    <Product_Image_Characteristics>\n"
+        "     <QUANTIFICATION_VALUES_LIST>\n"
+        '      <BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>\n'
+        "     </QUANTIFICATION_VALUES_LIST>\n"
+        f"{offsets}"
+        "    </Product_Image_Characteristics>\n  </n1:General_Info>\n"
+        f"{cloud}"
+        "</n1:Level-2A_User_Product>\n"
+    )
 
 
 class _ItemError(Exception):
