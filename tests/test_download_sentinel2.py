@@ -134,6 +134,16 @@ def test_stac_end_to_end_reads_windows_into_multiband_geotiffs(tmp_path, catalog
     assert s2.scl is not None and s2.scl.shape == data.shape[1:]
 
 
+def test_stac_scale_offset_from_stac_1_0_and_1_1_assets():
+    from pipeline.sentinel2_backends.stac import _scale_offset
+
+    assert _scale_offset({"raster:bands": [{"scale": 1e-4, "offset": -0.1}]}) == (1e-4, -0.1)
+    assert _scale_offset({"bands": [{"raster:scale": 1e-4, "raster:offset": -0.1}]}) == (
+        1e-4, -0.1)
+    assert _scale_offset({"raster:scale": 2.0}) == (2.0, 0.0)
+    assert _scale_offset({}) == (1.0, 0.0)
+
+
 def test_stac_window_cap_and_rerun_downloads_nothing(tmp_path, catalogue):
     out = tmp_path / "out"
     with serve_stac_catalogue(catalogue) as url:
@@ -219,6 +229,10 @@ def test_cdse_end_to_end_with_429_503_paging_and_token(tmp_path, fake_products, 
         assert entry.sha256 == hashlib.sha256(p.data).hexdigest()
         assert (out / entry.path).read_bytes() == p.data
         assert entry.meta["checksums"]["md5"] == p.md5 and entry.meta["uuid"] == p.uuid
+    from parsers import sentinel2
+
+    s2 = sentinel2.read(out / by_id[products[0].title].path)  # the SAFE zip is readable
+    assert s2.data.shape[0] == 9 and s2.baseline == "05.00" and s2.harmonised
     searches = [r for r in hub.log if r[1].startswith("/odata/v1/Products")]
     assert len(searches) >= 3  # one 503 retried, then two pages via @odata.nextLink
     assert "%24skip=2" in searches[-1][1]

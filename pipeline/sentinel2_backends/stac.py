@@ -265,8 +265,7 @@ class StacBackend:
         transform = from_origin(left, top, 10, 10)
         scales, offsets, dn_offsets = [], [], []
         for band in names:
-            rb = (located[band][1].get("raster:bands") or [{}])[0]
-            scale, offset = float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+            scale, offset = _scale_offset(located[band][1])
             scales.append(scale)
             offsets.append(offset)
             dn_offsets.append(round(offset / scale) if scale and band != "SCL" else 0)
@@ -323,6 +322,18 @@ class StacBackend:
         size = dest.stat().st_size
         return Fetched(product, dest, size, sha256_file(dest), transferred=int(stack.nbytes),
                        meta=meta)
+
+
+def _scale_offset(asset: dict[str, Any]) -> tuple[float, float]:
+    """(scale, offset) of a single-band asset: STAC 1.0 ``raster:bands`` or the STAC 1.1
+    ``raster:scale``/``raster:offset`` fields (on the asset or its first ``bands`` entry)."""
+    rb = (asset.get("raster:bands") or [{}])[0]
+    if "scale" in rb or "offset" in rb:
+        return float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+    first = (asset.get("bands") or [{}])[0]
+    scale = asset.get("raster:scale", first.get("raster:scale", 1.0))
+    offset = asset.get("raster:offset", first.get("raster:offset", 0.0))
+    return float(scale), float(offset)
 
 
 def _mtd_xml(product: Product, dn_offsets: dict[str, int]) -> str:
