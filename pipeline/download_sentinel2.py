@@ -239,6 +239,11 @@ def run(
         backend.fetch(todo, out, on_done)
     write_manifest()
     files = [entries[p.product_id] for p in products if p.product_id in entries]
+    if not files and not summary.failed:
+        raise UserError(
+            f"{backend.service}: none of the {len(products)} products found has a full "
+            "480 m x 480 m window inside the bbox; widen --bbox"
+        )
     if summary.failed:
         offline = [f for f in summary.failed if f.offline]
         other = [f for f in summary.failed if not f.offline]
@@ -261,6 +266,10 @@ def _present(out: Path, entry: mf.ManifestEntry, strict: bool) -> bool:
     path = mf.safe_join(out, entry.path)
     if not path.is_file() or path.stat().st_size != entry.size:
         return False
+    for side in (entry.meta.get("sidecars") or {}).values():
+        extra = path.parent / str(side.get("path", ""))
+        if not extra.is_file() or extra.stat().st_size != side.get("size"):
+            return False
     return not strict or mf.sha256_file(path) == entry.sha256
 
 

@@ -154,8 +154,26 @@ def test_stac_window_cap_and_rerun_downloads_nothing(tmp_path, catalogue):
         assert run_cli(tmp_path, *args, max_cloud=30.0) == 0
         assert len(url.files.log) == n  # no COG touched the second time
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")} == first
-    with rasterio.open(next(out.glob("*.tif"))) as src:
+    with rasterio.open(next(out.glob("*_L2A.tif"))) as src:
         assert src.shape == (48, 48)
+    # A lost sidecar makes its product incomplete: only that one is fetched again.
+    lost = next(out.glob("*_SCL.tif"))
+    lost.unlink()
+    with serve_stac_catalogue(catalogue) as url:
+        assert run_cli(tmp_path, *(a if a != args[1] else url for a in args),
+                       max_cloud=30.0) == 0
+    assert lost.is_file()
+
+
+def test_stac_bbox_smaller_than_a_tile(tmp_path, catalogue, capsys):
+    from rasterio.warp import transform
+
+    lon, lat = transform("EPSG:32632", "EPSG:4326", [515500.0], [5041500.0])
+    bbox = f"{lon[0] - 0.001},{lat[0] - 0.001},{lon[0] + 0.001},{lat[0] + 0.001}"
+    with serve_stac_catalogue(catalogue) as url:
+        rc = run_cli(tmp_path, "--stac-url", url, "--out", str(tmp_path / "o"), "--bbox", bbox)
+    assert rc == 2
+    assert "480 m x 480 m window" in one_line_error(capsys)
 
 
 def test_stac_retries_503_on_assets(tmp_path, catalogue):
