@@ -127,16 +127,18 @@ def credentials(
 
 
 def short_reason(exc: BaseException) -> str:
-    """One line, at most 160 characters, describing a network exception."""
-    inner: Any = exc
-    for _ in range(4):  # unwrap requests -> urllib3 -> socket reasons
-        nxt = getattr(inner, "reason", None) or (inner.args[0] if getattr(inner, "args", None)
-                                                 and isinstance(inner.args[0], BaseException)
-                                                 else None)
-        if nxt is None or nxt is inner:
-            break
-        inner = nxt
-    text = " ".join(str(inner).split()) or type(exc).__name__
+    """A short phrase for a network exception ('host name not found', 'connection
+    refused', 'timed out', else its first 160 characters)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if any(k in text for k in ("NameResolutionError", "Name or service not known",
+                               "Failed to resolve", "nodename nor servname")):
+        return "host name not found"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused"
+    if "timed out" in text.lower() or "Timeout" in text:
+        return "timed out"
+    if "Caused by" in text:
+        text = text.split("Caused by", 1)[1].strip(" ()")
     return text[:160]
 
 
