@@ -52,25 +52,60 @@ STAC_URL = "{stac_url}"
 class ArchiveSizes:
     """Size of the synthetic archives the demo serves."""
 
-    virtis_products: int = 3
+    virtis_products: int = 4
     virtis_bands: int = 432
     virtis_samples: int = 64
     virtis_lines: int = 96
-    sentinel2_items: int = 3
+    sentinel2_items: int = 4
     sentinel2_size: int = 192
 
 
 #: Demo settings, as dotted keys of params.yaml. Every key must already exist in the
 #: repository's params.yaml (derive_params refuses new keys: the stage loaders are strict).
-DEMO_OVERRIDES: dict[str, Any] = {}
+DEMO_OVERRIDES: dict[str, Any] = {
+    "download_pds.base_url": PDS_URL,
+    "download_pds.max_files": 4,
+    "download_pds.jobs": 2,
+    "download_pds.retries": 2,
+    "stats.workers": 2,
+    "tiles.virtis.size": 32,           # 432 x 32 x 32 tiles
+    "tiles.sentinel2.size": 48,        # the paper's 9 x 48 x 48
+    "train.common.epochs": 2,
+    "train.common.batch_size": 8,
+    "train.common.workers": 0,         # no DataLoader processes for a few dozen tiles
+    "train.common.checkpoint_every": 1,
+    "train.common.device": "cpu",
+    "train.virtis.latent": [128, 4],   # conv latent for 32 px tiles (ratio 216:1)
+    "train.virtis.widths": [16, 16, 32, 32],
+    "train.sentinel2.widths": [16, 16, 32, 32],
+    "evaluate.common.device": "cpu",
+    "evaluate.common.rates": [0.5, 2.0],           # two JPEG 2000 rate searches
+    "evaluate.common.requant_bits": [8],
+    "evaluate.common.pca": [[3, 8]],
+    "evaluate.common.jpegxl_distances": [1.0],
+    "evaluate.common.jpeg8_qualities": [95],
+    "evaluate.common.calibration_tiles": 1,
+    "evaluate.common.structural_baselines": False,  # SSIM for SSCNet only
+    "evaluate.common.fsim": False,
+    "evaluate.virtis.max_tiles": 2,                  # 432-band baselines are slow on CPU
+    "evaluate.sentinel2.max_tiles": 8,
+}
 
 #: Even smaller settings for the end-to-end test (applied on top of DEMO_OVERRIDES).
-TEST_OVERRIDES: dict[str, Any] = {}
+TEST_OVERRIDES: dict[str, Any] = {
+    "download_pds.max_files": 3,
+    "tiles.virtis.size": 16,
+    "train.common.epochs": 1,
+    "train.virtis.latent": [64, 2],
+    "train.virtis.widths": [8, 8, 16, 16],
+    "train.sentinel2.widths": [8, 8, 16, 16],
+    "train.sentinel2.latent": 200,
+}
 
 DEMO_SIZES = ArchiveSizes()
 TEST_SIZES = ArchiveSizes(
-    virtis_products=2, virtis_bands=432, virtis_samples=32, virtis_lines=48,
-    sentinel2_items=2, sentinel2_size=96,
+    virtis_products=3, virtis_bands=432, virtis_samples=32, virtis_lines=48,
+    sentinel2_items=3, sentinel2_size=96,
 )
 
 
@@ -201,8 +236,11 @@ def create_workspace(
         _run(["git", "init", "-q", "-b", "main"], workspace)
     if not (workspace / ".dvc").exists():
         dvc(workspace, "init", "-q")
-        dvc(workspace, "config", "core.analytics", "false", quiet=True)
-        dvc(workspace, "config", "core.check_update", "false", quiet=True)
+        # No phoning home from an offline demo; stage dvc.lock and .gitignore edits in git.
+        (workspace / ".dvc" / "config").write_text(
+            "[core]\n    analytics = false\n    check_update = false\n    autostage = true\n",
+            encoding="utf-8",
+        )
     # Custom plot templates (the rate-distortion overlay) live beside DVC's config.
     templates = source_root / ".dvc" / "plots"
     if templates.is_dir():

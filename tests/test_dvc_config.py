@@ -34,7 +34,6 @@ SECTION_CLASSES: dict[str, tuple[str, str]] = {
     "stats": ("pipeline.stats", "StatsParams"),
     "tiles.virtis": ("pipeline.tiles", "VirtisTileParams"),
     "tiles.sentinel2": ("pipeline.tiles", "Sentinel2TileParams"),
-    "evaluate": ("training.evaluate", "EvaluateParams"),
 }
 #: Sections that exist for symmetry only (the VIRTIS reader takes no settings): must be empty.
 EMPTY_SECTIONS = ("virtis",)
@@ -131,16 +130,20 @@ def test_params_section_loads_with_its_dataclass(section: str) -> None:
     assert written == fields, f"{section}: missing {sorted(fields - written)}"
 
 
+@pytest.mark.parametrize("section", ["train", "evaluate"])
 @pytest.mark.parametrize("source", SOURCES)
-def test_train_sections_merge_into_train_params(source: str) -> None:
-    """train.common + train.<source> hold every TrainParams field exactly once."""
-    train = pytest.importorskip("training.train")
-    settings = train.load_params(PARAMS, source)
-    sections = read_params_file(PARAMS)["train"]
+def test_merged_sections_hold_every_field_once(section: str, source: str) -> None:
+    """<section>.common + <section>.<source> hold every field of the stage's params once."""
+    pytest.importorskip("torch")
+    module = importlib.import_module(f"training.{section}")
+    settings = (module.load_params(PARAMS, source) if section == "train"
+                else module.load_params(PARAMS, source, {}))
+    sections = read_params_file(PARAMS)[section]
+    assert set(sections) == {"common", *SOURCES}, f"{section}: only common + per-source parts"
     common, own = set(sections["common"]), set(sections[source])
-    assert not common & own, f"train.common and train.{source} both set {sorted(common & own)}"
+    assert not common & own, f"{section}.common and .{source} both set {sorted(common & own)}"
     fields = {f.name for f in dataclasses.fields(settings) if f.init}
-    assert common | own == fields, f"train.{source}: missing {sorted(fields - common - own)}"
+    assert common | own == fields, f"{section}.{source}: missing {sorted(fields - common - own)}"
 
 
 def test_placeholder_sections_are_empty() -> None:
