@@ -149,6 +149,7 @@ class RunSummary:
     skipped: int = 0
     bytes: int = 0
     failed: list[Failed] = dataclasses.field(default_factory=list)
+    ignored: list[Failed] = dataclasses.field(default_factory=list)
 
 
 def _query_record(settings: DownloadSentinel2Params, backend, bands: tuple[str, ...]) -> dict:
@@ -218,6 +219,7 @@ def run(
         keeps what it already has."""
         if isinstance(res, Failed):
             if res.ignorable:
+                summary.ignored.append(res)
                 warnings.warn(f"{res.product.product_id}: skipped: {res.error}", stacklevel=1)
             else:
                 summary.failed.append(res)
@@ -239,10 +241,11 @@ def run(
         backend.fetch(todo, out, on_done)
     write_manifest()
     files = [entries[p.product_id] for p in products if p.product_id in entries]
-    if not files and not summary.failed:
+    if not files and not summary.failed and summary.ignored:
         raise UserError(
-            f"{backend.service}: none of the {len(products)} products found has a full "
-            "480 m x 480 m window inside the bbox; widen --bbox"
+            f"{backend.service}: none of the {len(products)} products found can be used "
+            f"(first: {summary.ignored[0].product.product_id}: {summary.ignored[0].error}); "
+            "change the search"
         )
     if summary.failed:
         offline = [f for f in summary.failed if f.offline]

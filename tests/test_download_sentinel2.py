@@ -173,7 +173,7 @@ def test_stac_bbox_smaller_than_a_tile(tmp_path, catalogue, capsys):
     with serve_stac_catalogue(catalogue) as url:
         rc = run_cli(tmp_path, "--stac-url", url, "--out", str(tmp_path / "o"), "--bbox", bbox)
     assert rc == 2
-    assert "480 m x 480 m window" in one_line_error(capsys)
+    assert "no 480 m x 480 m window of the item lies inside the bbox" in one_line_error(capsys)
 
 
 def test_stac_retries_503_on_assets(tmp_path, catalogue):
