@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +54,10 @@ def write_tiles(path: Path, n: int = 64, bands: int = 4, tile: int = 8, products
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+def _one_thread(tmp_path: Path, monkeypatch):
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster.
+    Runs in tmp_path so that DVCLive does not open the project's own DVC/git repository."""
+    monkeypatch.chdir(tmp_path)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -258,19 +261,32 @@ def test_tile_products_reads_compound_index(tmp_path: Path) -> None:
     assert tile_products(path, 6).tolist() == ["P0", "P1", "P2", "P0", "P1", "P2"]
 
 
+def _run_group(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on timeout kill the whole group (torchrun
+    workers included) so that nothing is left running."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_matches_single(tiles_dir: Path, tmp_path: Path) -> None:
     common = [*TINY, "--source", "virtis", "--tiles", str(tiles_dir), "--epochs", "2",
               "--batch-size", "16", "--deterministic"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "training.train", *common, "--out",
-                             str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
+    single = _run_group([sys.executable, "-m", "training.train", *common, "--out",
+                         str(tmp_path / "one")], cwd=tmp_path)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "training.train", *common, "--out",
-                          str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+    ddp = _run_group([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                      "--nproc_per_node=2", "-m", "training.train", *common, "--out",
+                      str(tmp_path / "two")], cwd=tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("epoch 2/2") == 1  # only rank 0 prints
     assert "(2 x 8)" in ddp.stdout

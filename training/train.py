@@ -628,7 +628,8 @@ class Trainer:
         if not path.is_file():
             raise ProductError(path, "checkpoint to resume from not found")
         try:
-            ckpt = torch.load(path, map_location=self.dev, weights_only=True)
+            # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ProductError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
         if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
