@@ -254,30 +254,41 @@ class BandStats:
 
         ``valid`` broadcasts against ``block.shape[1:]`` (e.g. a (lines, samples) pixel mask).
         """
+        return cls.empty(block.shape[0], spec).update(block, valid)
+
+    def update(self, block: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
+        """Add the values of ``block`` (B, ...) in place (same rules as :meth:`from_block`).
+
+        Memory: a few block-sized temporaries; the histogram is accumulated band by band.
+        """
+        spec = self.spec
         bands = block.shape[0]
+        if bands != self.bands:
+            raise ValueError(f"block of {bands} bands, statistics of {self.bands}")
         x = block.reshape(bands, -1)
+        if x.shape[1] == 0:
+            return self
         ok = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, dtype=bool)
         if valid is not None:
             ok &= np.broadcast_to(valid, block.shape[1:]).reshape(1, -1)
         all_ok = bool(ok.all())
         where = True if all_ok else ok
-        count = x.shape[1] * np.ones(bands, np.int64) if all_ok else ok.sum(axis=1, dtype=np.int64)
+        count = np.full(bands, x.shape[1], np.int64) if all_ok else \
+            ok.sum(axis=1, dtype=np.int64)
         has = count > 0
-        out = cls.empty(bands, spec)
-        out.count = count
         if not has.any():
-            return out
+            return self
         xf = x if x.dtype == np.float32 else x.astype(np.float32)
         total = np.sum(xf, axis=1, dtype=np.float64, where=where)
-        mean = np.divide(total, count, out=np.full(bands, np.nan), where=has)
+        mean = np.divide(total, count, out=np.zeros(bands), where=has)
         # Second moment about the float32-rounded mean; corrected exactly for the rounding.
-        mean32 = np.nan_to_num(mean).astype(np.float32)
+        mean32 = mean.astype(np.float32)
         d = xf - mean32[:, None]
         np.square(d, out=d)
         m2 = np.sum(d, axis=1, dtype=np.float64, where=where)
+        del d
         delta = mean - mean32.astype(np.float64)
-        out.m2 = np.where(has, np.maximum(m2 - count * delta * delta, 0.0), 0.0)
-        out.mean = mean
+        m2 = np.where(has, np.maximum(m2 - count * delta * delta, 0.0), 0.0)
         # Fast path: float data whose only invalid values are NaN (what the readers give).
         # fmin/fmax skip NaN, and every NaN lands in the positive overflow bin, from which
         # it is subtracted again; no masked reductions or masked writes needed.
@@ -292,20 +303,33 @@ class BandStats:
                 lo_init, hi_init = np.iinfo(x.dtype).max, np.iinfo(x.dtype).min
             lo = np.min(x, axis=1, initial=lo_init, where=where)
             hi = np.max(x, axis=1, initial=hi_init, where=where)
-        out.minimum = np.where(has, lo.astype(np.float64), np.nan)
-        out.maximum = np.where(has, hi.astype(np.float64), np.nan)
-        # Histogram: one bincount over band-offset bin indices (a discard column per band
-        # for masked values).
-        width = spec.nbins + 1
+        lo = np.where(has, lo.astype(np.float64), np.nan)
+        hi = np.where(has, hi.astype(np.float64), np.nan)
+        # Histogram, band by band (small bincount tables stay in cache; masked values go to
+        # a discard bin).
+        nbins = spec.nbins
         idx = spec.bin_index(x)
         if not all_ok and not nan_only:
-            np.putmask(idx, ~ok, spec.nbins)
-        idx += (np.arange(bands, dtype=np.int32) * width)[:, None]
-        hist = np.bincount(idx.ravel(), minlength=bands * width).reshape(bands, width)
-        out.hist = hist[:, : spec.nbins].astype(np.int64, copy=True)
+            np.putmask(idx, ~ok, nbins)
+        for b in range(bands):
+            self.hist[b] += np.bincount(idx[b], minlength=nbins + 1)[:nbins]
         if nan_only and not all_ok:
-            out.hist[:, spec.nbins - 1] -= x.shape[1] - count
-        return out
+            self.hist[:, nbins - 1] -= x.shape[1] - count
+        self._merge_moments(count, np.where(has, mean, np.nan), m2, lo, hi)
+        return self
+
+    def _merge_moments(self, nb_int: np.ndarray, mb: np.ndarray, m2b: np.ndarray,
+                       lo: np.ndarray, hi: np.ndarray) -> None:
+        na, nb = self.count.astype(np.float64), nb_int.astype(np.float64)
+        n = na + nb
+        safe = np.where(n > 0, n, 1.0)
+        ma, mbz = np.nan_to_num(self.mean), np.nan_to_num(mb)
+        delta = mbz - ma
+        self.mean = np.where(n > 0, ma + delta * nb / safe, np.nan)
+        self.m2 = self.m2 + m2b + delta * delta * na * nb / safe
+        self.count = self.count + nb_int
+        self.minimum = np.fmin(self.minimum, lo)
+        self.maximum = np.fmax(self.maximum, hi)
 
     def merge(self, other: BandStats) -> BandStats:
         """Exact combination of two partials (associative and commutative up to rounding)."""
@@ -314,18 +338,10 @@ class BandStats:
                 f"cannot merge statistics of {self.bands} bands/{self.spec} with "
                 f"{other.bands} bands/{other.spec}"
             )
-        na, nb = self.count.astype(np.float64), other.count.astype(np.float64)
-        n = na + nb
-        safe = np.where(n > 0, n, 1.0)
-        ma, mb = np.nan_to_num(self.mean), np.nan_to_num(other.mean)
-        delta = mb - ma
-        mean = np.where(n > 0, ma + delta * nb / safe, np.nan)
-        m2 = self.m2 + other.m2 + delta * delta * na * nb / safe
-        return BandStats(
-            self.spec, self.count + other.count,
-            np.fmin(self.minimum, other.minimum), np.fmax(self.maximum, other.maximum),
-            mean, m2, self.hist + other.hist,
-        )
+        out = BandStats(self.spec, self.count.copy(), self.minimum.copy(), self.maximum.copy(),
+                        self.mean.copy(), self.m2.copy(), self.hist + other.hist)
+        out._merge_moments(other.count, other.mean, other.m2, other.minimum, other.maximum)
+        return out
 
     @property
     def std(self) -> np.ndarray:
@@ -402,7 +418,7 @@ def product_partial(
     total = BandStats.empty(product.bands, spec)
     per_block = product.lines_for_bytes(chunk_mb * 1e6)
     for _, data, valid in product.iter_blocks(per_block, start, stop):
-        total = total.merge(BandStats.from_block(data, spec, valid))
+        total.update(data, valid)
     return total
 
 
