@@ -67,6 +67,11 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "download_pds.max_files": 4,
     "download_pds.jobs": 2,
     "download_pds.retries": 2,
+    "download_sentinel2.stac_url": STAC_URL,
+    "download_sentinel2.max_products": 3,
+    "download_sentinel2.workers": 2,
+    "download_sentinel2.retries": 2,
+    "download_sentinel2.window_px": 0,     # the whole (small) synthetic item
     "stats.workers": 2,
     "tiles.virtis.size": 32,           # 432 x 32 x 32 tiles
     "tiles.sentinel2.size": 48,        # the paper's 9 x 48 x 48
@@ -105,7 +110,7 @@ TEST_OVERRIDES: dict[str, Any] = {
 DEMO_SIZES = ArchiveSizes()
 TEST_SIZES = ArchiveSizes(
     virtis_products=3, virtis_bands=432, virtis_samples=32, virtis_lines=48,
-    sentinel2_items=3, sentinel2_size=96,
+    sentinel2_items=4, sentinel2_size=144,
 )
 
 
