@@ -196,10 +196,10 @@ def test_stac_locked_replay_and_mismatch(tmp_path, catalogue, capsys):
     a, b = Manifest.read(lock), Manifest.read(again / "manifest.json")
     assert [(f.product_id, f.meta["data_sha256"]) for f in a.files] == [
         (f.product_id, f.meta["data_sha256"]) for f in b.files]
-    # The service now serves different pixels for one band: the locked build must fail.
+    # The service now serves different pixels (same grid) for one band: the locked build
+    # must fail.
     item = a.files[0].product_id
-    other = (catalogue / "data" / a.files[1].product_id /
-             f"{a.files[1].product_id}_B04.tif").read_bytes()
+    other = (catalogue / "data" / item / f"{item}_B03.tif").read_bytes()
     faults = Faults(replace={f"data/{item}/{item}_B04.tif": other})
     with serve_stac_catalogue(catalogue, faults) as url:
         rc = run_cli(tmp_path, "--stac-url", url, "--out", str(third), "--locked", str(lock))

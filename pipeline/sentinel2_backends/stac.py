@@ -18,7 +18,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -163,21 +163,29 @@ class StacBackend:
         results: list[Fetched | Failed] = []
         bar = tqdm(total=len(products), desc="stac items", unit="item",
                    disable=None if s.progress is None else not s.progress)
+
+        def one(product: Product) -> Fetched | Failed:
+            try:
+                return self._fetch_one(product, Path(out))
+            except _ItemError as exc:
+                return Failed(product, str(exc))
+
         try:
+            # Items in parallel threads (rasterio keeps GDAL options per thread; the retry
+            # and timeout options set here in the main thread apply to all of them).
             with env, ThreadPoolExecutor(max_workers=s.workers,
-                                         thread_name_prefix="cog") as pool:
-                for product in products:
-                    try:
-                        res: Fetched | Failed = self._fetch_one(product, Path(out), pool)
-                    except _ItemError as exc:
-                        res = Failed(product, str(exc))
+                                         thread_name_prefix="stac") as pool:
+                futures = [pool.submit(one, p) for p in products]
+                for fut in as_completed(futures):
+                    res = fut.result()
                     results.append(res)
                     if on_done is not None:
                         on_done(res)
                     bar.update(1)
         finally:
             bar.close()
-        return results
+        order = {p.product_id: i for i, p in enumerate(products)}
+        return sorted(results, key=lambda r: order[r.product.product_id])
 
     def _asset(self, item: dict[str, Any], band: str) -> tuple[str, dict[str, Any]] | None:
         assets = item.get("assets", {})
@@ -214,17 +222,16 @@ class StacBackend:
                 top = bottom + cap
         return left, bottom, right, top
 
-    def _fetch_one(self, product: Product, out: Path, pool: ThreadPoolExecutor):
+    def _fetch_one(self, product: Product, out: Path) -> Fetched | Failed:
+        """Read the window of one item (parsers.sentinel2.read_assets) and write its files."""
         import rasterio
-        from rasterio.enums import Resampling
         from rasterio.errors import RasterioIOError
-        from rasterio.transform import from_origin
-        from rasterio.windows import from_bounds
+
+        from parsers import sentinel2
 
         item = self._items[product.product_id]
-        wanted = [*self.bands, "SCL"]
         located = {}
-        for band in wanted:
+        for band in (*self.bands, "SCL"):
             found = self._asset(item, band)
             if found is None:
                 if band == "SCL":
@@ -235,7 +242,7 @@ class StacBackend:
         ref_href = located[ref_band][1]["href"]
         try:
             with rasterio.open(ref_href) as ref:
-                crs = ref.crs
+                crs, ref_t = ref.crs, ref.transform
                 bounds = self._window(ref)
         except RasterioIOError as exc:
             raise _ItemError(f"cannot open {ref_href} ({_gdal_reason(exc)})") from None
@@ -243,26 +250,23 @@ class StacBackend:
             return Failed(product, "no 480 m x 480 m window of the item lies inside the bbox",
                           ignorable=True)
         left, bottom, right, top = bounds
-        width, height = round((right - left) / 10), round((top - bottom) / 10)
-
-        def read(band: str) -> np.ndarray:
-            href = located[band][1]["href"]
-            try:
-                with rasterio.open(href) as src:
-                    if src.crs != crs:
-                        raise _ItemError(f"{band} asset {href} is in {src.crs}, not {crs}")
-                    win = from_bounds(left, bottom, right, top, transform=src.transform)
-                    win = win.round_offsets().round_lengths()
-                    return src.read(1, window=win, out_shape=(height, width),
-                                    resampling=Resampling.nearest, boundless=True,
-                                    fill_value=0)
-            except RasterioIOError as exc:
-                raise _ItemError(f"cannot read {band} from {href} ({_gdal_reason(exc)})") from None
-
-        names = [b for b in wanted if b in located]
-        planes = list(pool.map(read, names))
+        res = abs(ref_t.a)
+        window = (round((ref_t.f - top) / res), round((left - ref_t.c) / res),
+                  round((top - bottom) / res), round((right - left) / res))
+        try:
+            # Raw DNs (harmonise=False): the offset is recorded, not applied, in the files.
+            s2 = sentinel2.read_assets(
+                {b: located[b][1]["href"] for b in located}, self.bands, "nearest",
+                harmonise=False, window=window, product_id=product.product_id, level="L2A",
+                baseline=product.processing_baseline)
+        except UserError as exc:
+            raise _ItemError(str(exc)) from None
+        names = [*self.bands, *(["SCL"] if s2.scl is not None else [])]
+        planes = [*s2.data, *([s2.scl] if s2.scl is not None else [])]
         stack = np.stack([p.astype(np.uint16) for p in planes])
-        transform = from_origin(left, top, 10, 10)
+        height, width = stack.shape[1:]
+        transform = s2.transform
+        crs = s2.crs or crs
         scales, offsets, dn_offsets = [], [], []
         for band in names:
             scale, offset = _scale_offset(located[band][1])
