@@ -4,11 +4,13 @@ Search: pystac-client on a STAC API (default Earth Search v1, collection
 ``sentinel-2-c1-l2a``) with ``bbox``, ``datetime`` and ``query={"eo:cloud_cover": {"lte": N}}``.
 Data: for each item the window of the 10 m grid that lies inside the area of interest (snapped
 to the 480 m tile grid, at most ``window_px`` pixels a side, centred) is read from every band's
-COG with rasterio over HTTP range requests; 20 m bands and SCL are pixel-replicated onto the
-10 m grid (nearest). The result is one GeoTIFF per item, ``<item id>.tif``: the selected bands
-in order, then SCL, uint16, nodata 0, band descriptions = band names, and the ``raster:bands``
-scale/offset of each asset stored as the band's GDAL scale/offset plus a ``BOA_ADD_OFFSET``
-band tag in DN (e.g. -1000). DNs are written as served (no offset applied).
+COG over HTTP range requests by :func:`parsers.sentinel2.read_assets` (20 m bands and SCL
+pixel-replicated onto the 10 m grid), items in parallel threads. Per item the output folder
+gets ``<item id>.tif`` (the selected bands, uint16, nodata 0, band descriptions = band names,
+the assets' ``raster:bands`` scale/offset as GDAL scale/offset and a ``BOA_ADD_OFFSET`` band
+tag in DN, e.g. -1000; DNs as served, no offset applied), ``<item id>_SCL.tif`` (scene
+classification, same grid) and ``<item id>_MTD.xml`` (level, baseline and offsets in the
+``MTD_MSIL2A.xml`` shape, which :func:`parsers.sentinel2.read` uses to harmonise).
 """
 
 from __future__ import annotations
