@@ -4,7 +4,8 @@ One interface, three backends (``--backend``):
 
 - ``stac`` (default, no account): STAC item search (pystac-client) on Earth Search v1
   ``sentinel-2-c1-l2a``; reads only the needed window of each band's Cloud-Optimised GeoTIFF
-  over HTTP and writes one multi-band GeoTIFF per item (the selected bands + SCL, 10 m grid).
+  over HTTP and writes one multi-band GeoTIFF per item (the selected bands, 10 m grid) with an
+  SCL GeoTIFF and an MTD xml (offsets) beside it.
 - ``cdse`` (Copernicus Data Space account): OData search, Bearer-token download of SAFE zips
   through :mod:`pipeline.fetch` (<= 4 parallel, resume, checksum).
 - ``dhus`` (a DHuS hub you name with ``--dhus-url``): sentinelsat. DHuS only: the Copernicus
@@ -12,7 +13,8 @@ One interface, three backends (``--backend``):
 
 Every backend writes ``OUT/manifest.json`` (:mod:`pipeline.manifest`): product id, path,
 source URL, size, sha256 and the query. Passing that file back with ``--locked`` fetches exactly
-those products again and fails if any byte differs. Products already present are not fetched
+those products again and fails if any differs (stac: by pixel content, since the GeoTIFF is
+rebuilt locally). Products already present are not fetched
 again. Settings come from the ``download_sentinel2`` section of params.yaml (flags override)
 and the band list from ``sentinel2.bands``.
 """
