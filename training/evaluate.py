@@ -148,8 +148,11 @@ def open_inputs(tiles: Path, checkpoint: Path, p: EvaluateParams) -> Inputs:
         raise ProductError(checkpoint, "no training statistics in the checkpoint or tile file")
     mode = cfg.get("normalisation") or "paper_minmax"
     try:
-        normaliser = Normaliser.from_stats(stats, mode)
-    except (KeyError, ValueError) as exc:
+        # The exact normaliser training used, when the checkpoint stores it.
+        state = ckpt.get("normaliser")
+        normaliser = (Normaliser.from_state_dict(state) if state
+                      else Normaliser.from_stats(stats, mode))
+    except (KeyError, TypeError, ValueError) as exc:
         raise ProductError(checkpoint, f"cannot build the {mode} normaliser ({exc})") from None
     if normaliser.bands != info["bands"]:
         raise UserError(f"{tiles}: {info['bands']} bands, but the checkpoint's statistics "

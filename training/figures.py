@@ -68,7 +68,7 @@ def rd_plot(
     JPEG setting) are hollow and say so in the legend. For PSNR the uniform re-quantisation
     formula 10.79 + 6.02 b is drawn as a dotted reference.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    fig, ax = plt.subplots(figsize=(10.0, 5.0))
     groups: dict[str, list[tuple[float, float, str]]] = {}
     lossless: list[tuple[str, float]] = []
     for r in rows:
@@ -116,7 +116,7 @@ def rd_plot(
     ax.set_title(title or f"Rate-distortion: {metric}", fontsize=10)
     if note:
         fig.text(0.01, -0.02, note, fontsize=7, ha="left", va="top", wrap=True)
-    ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
     return _save(fig, out)
 
 

@@ -182,8 +182,8 @@ def _masked_mean(m: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _window_valid(mask: torch.Tensor, k: int) -> torch.Tensor:
-    ones = torch.ones(1, 1, k, k, dtype=mask.dtype)
-    return F.conv2d(1.0 - mask, ones) < 0.5
+    """True where the k x k window holds no invalid pixel."""
+    return _filter(1.0 - mask, torch.ones(k, dtype=mask.dtype)) < 0.5
 
 
 def ssim(
