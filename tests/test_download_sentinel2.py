@@ -165,6 +165,53 @@ def test_stac_window_cap_and_rerun_downloads_nothing(tmp_path, catalogue):
     assert lost.is_file()
 
 
+def test_stac_on_real_bigearthnet_band_files(tmp_path):
+    """Real L2A band files (BigEarthNet, UTM 33N, no SCL, no raster:bands) as STAC assets."""
+    from rasterio.warp import transform_bounds
+
+    from pipeline.sentinel2_backends.stac import ASSET_KEYS
+    from tests.conftest import realdata
+
+    name = "S2A_MSIL2A_20170613T101031_87_48"
+    folder = realdata(f"sentinel2/bigearthnet/{name}")
+    root = tmp_path / "stac"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / name).symlink_to(folder)  # served, never copied
+    with rasterio.open(folder / f"{name}_B02.tif") as src:
+        bbox = list(transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+        b02 = src.read(1)
+    assets = {ASSET_KEYS[b]: {"href": f"data/{name}/{name}_{b}.tif", "roles": ["data"]}
+              for b in BANDS}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": name,
+            "collection": "sentinel-2-c1-l2a", "bbox": bbox, "links": [], "assets": assets,
+            "geometry": {"type": "Polygon", "coordinates": [[
+                [bbox[0], bbox[1]], [bbox[2], bbox[1]], [bbox[2], bbox[3]], [bbox[0], bbox[3]],
+                [bbox[0], bbox[1]]]]},
+            "properties": {"datetime": "2017-06-13T10:10:31Z", "eo:cloud_cover": 0.0}}
+    (root / "items").mkdir()
+    (root / "items" / f"{name}.json").write_text(json.dumps(item))
+    (root / "collections").mkdir()
+    (root / "collections" / "sentinel-2-c1-l2a.json").write_text(json.dumps({
+        "type": "Collection", "id": "sentinel-2-c1-l2a", "stac_version": "1.0.0",
+        "description": "real patch", "license": "CDLA-Permissive-1.0", "links": [],
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[None, None]]}}}))
+    out = tmp_path / "out"
+    with serve_stac_catalogue(root) as url:
+        rc = run_cli(tmp_path, "--stac-url", url, "--out", str(out), "--bbox",
+                     ",".join(map(str, bbox)), "--window-px", "0")
+    assert rc == 0
+    entry = Manifest.read(out / "manifest.json").files[0]
+    assert "SCL" not in entry.meta["sidecars"]
+    # The patch starts at 404400 E, 5342400 N: the 480 m grid keeps columns 24..119, 96 rows.
+    assert entry.meta["transform"][2] == 404640.0 and entry.meta["shape"] == [9, 96, 96]
+    with rasterio.open(out / entry.path) as src:
+        data = src.read()
+    np.testing.assert_array_equal(data[0], b02[:96, 24:120])
+    with rasterio.open(folder / f"{name}_B11.tif") as src:
+        b11 = np.repeat(np.repeat(src.read(1), 2, 0), 2, 1)
+    np.testing.assert_array_equal(data[7], b11[:96, 24:120])
+
+
 def test_stac_bbox_smaller_than_a_tile(tmp_path, catalogue, capsys):
     from rasterio.warp import transform
 
