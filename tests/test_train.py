@@ -147,6 +147,26 @@ def test_device_cache_gives_the_same_run(tmp_path: Path) -> None:
         assert a == pytest.approx(b, rel=1e-6), name
 
 
+def test_bf16_autocast_path_on_cpu(tiles_dir: Path, tmp_path: Path, capsys) -> None:
+    """The GPU's bf16 autocast code path, exercised on the CPU (conv model)."""
+    out = tmp_path / "m"
+    assert run(tiles_dir, out, "--arch", "conv", "--latent", "8x2", "--precision", "bf16",
+               "--epochs", "2", "--batch-size", "16") == 0
+    assert "bf16 autocast" in capsys.readouterr().out
+    losses = metrics_history(out)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_saves_plain_keys(tiles_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert run(tiles_dir, out, "--compile", "--epochs", "1", "--batch-size", "16") == 0
+    for name in ("last.pt", "best.pt"):
+        keys = torch.load(out / name, weights_only=True)["model"]
+        assert keys and not any("_orig_mod" in k for k in keys)
+    load_checkpoint(out / "best.pt")
+
+
 def test_resume_refuses_changed_settings(tiles_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m"
     assert run(tiles_dir, out, "--epochs", "2", "--batch-size", "16",
