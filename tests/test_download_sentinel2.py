@@ -323,6 +323,18 @@ def test_cdse_token_refresh_on_401_and_before_expiry(tmp_path, fake_products, mo
     assert hub.grants[0] == "password" and hub.grants.count("refresh_token") >= 2
 
 
+def test_cdse_download_refused_after_token_refresh(tmp_path, fake_products, monkeypatch,
+                                                   capsys):
+    monkeypatch.setenv("CDSE_USERNAME", fake_cdse.USER)
+    monkeypatch.setenv("CDSE_PASSWORD", fake_cdse.PASSWORD)
+    hub = fake_cdse.CdseHub(fresh(fake_products), deny_download=True)
+    with fake_cdse.serve_cdse(hub) as urls:
+        assert run_cli(tmp_path, *cdse_args(urls, tmp_path / "o"), workers=1) == 2
+    line = one_line_error(capsys)
+    assert "refused the token (HTTP 401)" in line
+    assert "refresh_token" in hub.grants  # one refresh was tried before giving up
+
+
 def test_cdse_bad_credentials_one_line_without_password(tmp_path, fake_products, monkeypatch,
                                                         capsys):
     monkeypatch.setenv("CDSE_USERNAME", fake_cdse.USER)

@@ -14,7 +14,8 @@ Fault modes on the :class:`CdseHub` object: ``rate_limit`` (429 with Retry-After
 downloads), ``fail_first`` (503 to the first N downloads), ``bad_checksum`` (uuid set whose
 published MD5 is wrong), ``revoke_tokens()`` (every issued token stops working: imitates
 expiry), ``search_fail`` (503 to the first N searches), ``token_lifetime`` seconds,
-``revoke_after_downloads`` (tokens stop working after N downloads), ``empty_checksum``.
+``revoke_after_downloads`` (tokens stop working after N downloads), ``empty_checksum``,
+``deny_download`` (401 to every download).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class CdseHub:
     bad_checksum: set[str] = field(default_factory=set)
     empty_checksum: bool = False
     revoke_after_downloads: int = 0  # revoke every token once this many bodies were served
+    deny_download: bool = False  # every download answers 401 (an account without rights)
     served: int = 0
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, range
     auth_headers: list[str] = field(default_factory=list)
@@ -176,7 +178,7 @@ def _handler(hub: CdseHub):
                 return
             auth = self.headers.get("Authorization", "")
             hub.auth_headers.append(auth)
-            if not auth.startswith("Bearer ") or auth[7:] not in hub._tokens:
+            if hub.deny_download or not auth.startswith("Bearer ") or auth[7:] not in hub._tokens:
                 send(self, 401, b'{"detail": "Expired signature!"}',
                      headers={"WWW-Authenticate": "Bearer"})
                 return
