@@ -407,6 +407,21 @@ def test_cdse_resume_locked_and_locked_mismatch(tmp_path, fake_products, monkeyp
     assert not (tmp_path / "c" / f"{products[2].title}.zip").exists()
 
 
+def test_cdse_offline_product_is_skipped_with_a_warning(tmp_path, fake_products, monkeypatch,
+                                                        capsys):
+    monkeypatch.setenv("CDSE_USERNAME", fake_cdse.USER)
+    monkeypatch.setenv("CDSE_PASSWORD", fake_cdse.PASSWORD)
+    products = fresh(fake_products)
+    products[1].online = False
+    hub = fake_cdse.CdseHub(products)
+    with fake_cdse.serve_cdse(hub) as urls:
+        assert run_cli(tmp_path, *cdse_args(urls, tmp_path / "o"), max_cloud=30.0) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {products[1].title}: skipped: offline at CDSE" in err
+    assert not any(products[1].uuid in r[1] for r in hub.log if "download" in r[1])
+    assert len(Manifest.read(tmp_path / "o" / "manifest.json").files) == 2
+
+
 def test_cdse_unreachable(tmp_path, monkeypatch, capsys):
     base = f"http://127.0.0.1:{free_port()}/"
     urls = {"cdse_catalogue_url": base + "odata/v1", "cdse_download_url": base + "dl",
