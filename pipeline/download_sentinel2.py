@@ -321,6 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dhus-url", help="dhus: base URL of a DHuS hub (required; no default)")
     p.add_argument("--workers", type=int, help="parallel transfers, 1..4")
     p.add_argument("--retries", type=int, help="retries per request")
+    p.add_argument("--backoff", type=float, help="first retry delay, seconds (doubles)")
+    p.add_argument("--timeout", type=float, help="network timeout, seconds")
+    p.add_argument("--page-size", type=int, help="search results per page")
     p.add_argument("--locked", type=Path, metavar="MANIFEST",
                    help="fetch exactly the products of this manifest; fail if any differs")
     bar = p.add_mutually_exclusive_group()

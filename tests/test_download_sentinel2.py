@@ -541,6 +541,13 @@ def test_params_section_bands_and_validation(tmp_path, capsys):
     params.write_text(yaml.safe_dump({"download_sentinel2": {"workers": 8}}))
     assert main(["--params", str(params)]) == 2
     assert "workers" in one_line_error(capsys)
+    # Every setting can be given as a flag too.
+    import dataclasses
+
+    from pipeline.download_sentinel2 import _parser
+
+    flags = {a.dest for a in _parser()._actions}
+    assert {f.name for f in dataclasses.fields(DownloadSentinel2Params)} <= flags
     d = DownloadSentinel2Params()
     assert d.backend == "stac" and d.level == "L2A" and d.dhus_url is None
     assert d.start == "2017-01-01" and d.end == "2017-12-31"
