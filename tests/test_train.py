@@ -178,7 +178,7 @@ def test_resume_refuses_changed_settings(tiles_dir: Path, tmp_path: Path, capsys
 
 
 def test_params_file_and_cli_overrides(tiles_dir: Path, tmp_path: Path, capsys) -> None:
-    params = tmp_path / "params.yaml"
+    params = tmp_path / "bands.yaml"
     params.write_text("train:\n  common:\n    epochs: 1\n    batch_size: 32\n"
                       "  virtis:\n    arch: conv\n    latent: [8, 4]\n    loss: mse\n")
     out = tmp_path / "m"
@@ -236,7 +236,7 @@ def test_out_of_memory_is_one_line_with_the_batch_size(tiles_dir: Path, tmp_path
 
 
 def test_band_count_mismatch(tiles_dir: Path, tmp_path: Path, capsys) -> None:
-    params = tmp_path / "params.yaml"
+    params = tmp_path / "bands.yaml"
     params.write_text("train:\n  virtis:\n    bands: 432\n")
     assert run(tiles_dir, tmp_path / "m", params=params) == 2
     assert "tiles have 4 bands but params ask for bands=432" in capsys.readouterr().err
