@@ -206,3 +206,22 @@ def test_evaluate_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
                   str(tmp_path / "t.h5"), "--checkpoint", str(tmp_path / "m.pt")])
     assert rc == 2 and "max_tile" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_evaluate_on_cuda_reports_both_devices(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    tiles = (_scene(rng, 4, 8, 32) * 2 + 40).astype(np.float32)
+    stats = write_tiles(tmp_path / "t.h5", tiles, "virtis")
+    tiny_checkpoint(tmp_path / "m.pt", tiles, stats, "virtis", "paper_minmax", "conv", (4, 8),
+                    steps=5)
+    (tmp_path / "p.yaml").write_text("evaluate: {}\n")
+    out = tmp_path / "e"
+    rc = EV.main(["--params", str(tmp_path / "p.yaml"), "--source", "virtis", "--tiles",
+                  str(tmp_path / "t.h5"), "--checkpoint", str(tmp_path / "m.pt"), "--out",
+                  str(out), "--no-baselines", "--quiet", "--device", "cuda"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"cuda", "cpu"} <= set(m["sscnet_throughput"])
+    assert np.isfinite(m["sscnet_fp32"]["psnr"])
