@@ -846,7 +846,8 @@ def read_multiband(path: str | os.PathLike[str], bands: Sequence[str] = DEFAULT_
     The file's band names are, in this order of preference: ``file_bands``; the GDAL band
     descriptions when every band has a recognisable band name; ESA order for a 13-band file;
     ``bands`` itself when the file has exactly ``len(bands)`` bands (an assumption, which the
-    caller must know to be right). ``scl`` is an optional single-band SCL raster.
+    caller must know to be right). ``scl`` is an optional single-band SCL raster; by default
+    a ``<stem>_SCL<suffix>`` file beside a local file is used when present.
     """
     href = os.fspath(path)
     names = check_bands(bands)
@@ -880,6 +881,10 @@ def read_multiband(path: str | os.PathLike[str], bands: Sequence[str] = DEFAULT_
     local = None if _is_remote(href) else Path(href)
     stem = Path(href).stem
     meta, level, baseline = _metadata_for(local, metadata, stem)
+    if scl is None and local is not None:
+        # The STAC download stage writes the scene classification beside the bands.
+        sidecar = local.with_name(f"{stem}_SCL{local.suffix}")
+        scl = sidecar if sidecar.exists() else None
     scl_source = (os.fspath(scl), 1) if scl is not None else None
     labels = {href: label}
     if scl_source:

@@ -127,11 +127,13 @@ def test_stac_end_to_end_reads_windows_into_multiband_geotiffs(tmp_path, catalog
     # The Sentinel-2 reader reads the product, its sidecar MTD and harmonises the offset.
     from parsers import sentinel2
 
-    s2 = sentinel2.read(path, scl=scl_path)
+    s2 = sentinel2.read(path)  # finds <id>_SCL.tif and <id>_MTD.xml beside the bands
     assert s2.product_id == entry.product_id and s2.baseline == "05.00" and s2.harmonised
     expected = np.where(data > 0, np.maximum(data.astype(np.int32) - 1000, 1), 0)
     np.testing.assert_array_equal(s2.data, expected.astype(np.uint16))
     assert s2.scl is not None and s2.scl.shape == data.shape[1:]
+    with rasterio.open(scl_path) as src:
+        np.testing.assert_array_equal(s2.scl, src.read(1))
 
 
 def test_stac_scale_offset_from_stac_1_0_and_1_1_assets():
