@@ -8,7 +8,9 @@ streaming view of one product as a (bands, lines, samples) cube:
   values were. Raw dark-current lines (``valid_lines`` False) are left out: the product's
   lines are its valid lines, in order (``line_numbers`` maps them back to the file).
 * Sentinel-2 (:func:`parsers.sentinel2.read`): uint16 on the 10 m grid with a (lines,
-  samples) validity mask (``s.valid``).
+  samples) validity mask: no data in any band, or (L2A, when an SCL is present) a scene
+  class in :data:`parsers.sentinel2.SCL_REJECT` (no data, defective, cloud shadow, clouds,
+  cirrus), so that the tiles stage drops cloudy tiles by its invalid-fraction threshold.
 
 Blocks are read with :meth:`Product.read_block` so that no stage needs a whole product in
 memory at once (the VIRTIS reader reads lines lazily; the Sentinel-2 reader decodes its
@@ -221,6 +223,7 @@ class Sentinel2Product(Product):
 
         s = sentinel2.read(path, **dict(options or {}))
         self._s = s
+        self._usable = np.asarray(s.usable(), dtype=bool)
         self.path = Path(path)
         self.product_id = str(s.product_id)
         data = s.data
@@ -240,8 +243,7 @@ class Sentinel2Product(Product):
         if not 0 <= start < stop <= self.lines:
             raise IndexError(f"lines [{start}, {stop}) outside 0..{self.lines}")
         data = np.asarray(self._s.data[:, start:stop, :])
-        valid = getattr(self._s, "valid", None)
-        return data, None if valid is None else np.asarray(valid[start:stop], dtype=bool)
+        return data, self._usable[start:stop]
 
 
 def open_product(

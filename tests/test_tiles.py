@@ -156,3 +156,20 @@ def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypat
     counts = write_split_tiles(tmp_path / "t.h5", "virtis", "train", refs,
                                VirtisTileParams(size=16), doc, progress=False)
     assert counts["kept"] + counts["dropped_invalid"] == 2 * 2 * 2
+
+
+def test_sentinel2_clouds_count_as_invalid_pixels(tmp_path):
+    """L2A scene classes for clouds/shadows/no data make pixels invalid for the tile threshold."""
+    from parsers import sentinel2
+    from parsers.sentinel2_synthetic import write_safe_product
+    from pipeline.products import open_product
+
+    safe = write_safe_product(tmp_path, level="L2A", size_10m=96, cloud_fraction=0.3, seed=3)
+    stack = sentinel2.read(safe)
+    assert stack.scl is not None
+    cloudy = np.isin(stack.scl, sentinel2.SCL_REJECT) & stack.valid
+    assert cloudy.any()
+    product = open_product("sentinel2", safe)
+    _, valid = product.read_block(0, product.lines)
+    np.testing.assert_array_equal(valid, stack.valid & ~np.isin(stack.scl, sentinel2.SCL_REJECT))
+    assert not valid[cloudy].any()
