@@ -14,9 +14,9 @@ import torch
 from training import evaluate as EV
 from training.models import build_model, save_checkpoint
 
-OUTPUTS = ("metrics.json", "rd.csv", "bands.csv", "bands.md", "rd_psnr.png", "rd_sam.png",
-           "rd_psnr_phys.png", "maps.png", "spectra.png", "per_band_psnr.png", "report.md",
-           "report.html")
+OUTPUTS = ("metrics.json", "rd.csv", "bands.csv", "bands.md", "tiles.csv", "rd_psnr.png",
+           "rd_sam.png", "rd_psnr_phys.png", "maps.png", "spectra.png", "per_band_psnr.png",
+           "report.md", "report.html")
 
 
 def _scene(rng: np.random.Generator, n: int, bands: int, size: int) -> np.ndarray:
@@ -146,6 +146,8 @@ def test_evaluate_end_to_end_sentinel2_like(tmp_path: Path, capsys) -> None:
             assert r["psnr"] == "inf" and float(r["max_abs_err"]) == 0.0
     req8 = next(r for r in rows if r["method"] == "requant" and r["setting"] == "b=8")
     assert float(req8["bpppc"]) == pytest.approx(8.0, abs=0.01)
+    per_tile = list(csv.DictReader((out / "tiles.csv").open()))
+    assert [r["product_id"] for r in per_tile] == ["P1"] * 5
     bands = list(csv.DictReader((out / "bands.csv").open()))
     assert len(bands) == 5 and float(bands[0]["wavelength"]) == pytest.approx(490)
     report = (out / "report.md").read_text()

@@ -24,8 +24,9 @@ Protocol (also written into every report):
 * Throughput: MB/s of input in its native dtype (float32 VIRTIS 4 bytes, uint16 S2 2 bytes
   per value), wall clock on this machine, single process.
 
-Outputs in ``--out``: metrics.json, rd.csv, bands.csv, bands.md, rd_psnr.png, rd_sam.png,
-rd_psnr_phys.png, maps.png, spectra.png, per_band_psnr.png, report.md, report.html.
+Outputs in ``--out``: metrics.json, rd.csv, bands.csv, bands.md, tiles.csv (SSCNet per tile),
+rd_psnr.png, rd_sam.png, rd_psnr_phys.png, maps.png, spectra.png, per_band_psnr.png, report.md,
+report.html.
 """
 
 from __future__ import annotations
@@ -566,6 +567,18 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
                band_table]
     with atomic_open(out / "bands.md", "w", encoding="utf-8") as fh:
         fh.write(render_markdown(band_md))
+
+    # Per-tile values of SSCNet fp32 (to find the tiles it fails on).
+    pt = ss32.acc.per_tile()
+    tile_rows = []
+    for k, i in enumerate(inp.indices):
+        try:
+            where = inp.dataset.index(i)
+        except KeyError:  # a tile file without the 'index' dataset
+            where = {"index": i}
+        tile_rows.append({**where, "psnr": pt["psnr"][k], "psnr_phys": pt["psnr_phys"][k],
+                          "sam": pt["sam"][k]})
+    write_csv(out / "tiles.csv", list(tile_rows[0].keys()), tile_rows)
 
     # Figures.
     note = (f"{source}: {ss32.acc.tiles} test tiles {inp.fmt.shape}; SSCNet rates are "
