@@ -221,6 +221,7 @@ def test_accumulator_matches_direct_functions(pair) -> None:
     mae, mx = M.abs_error(xp, yp)
     assert s["mae"] == pytest.approx(float(mae))
     assert s["max_abs_err"] == pytest.approx(float(mx))
+    assert s["rmse"] == pytest.approx(float(np.sqrt(np.nanmean((xp - yp) ** 2))))
     assert s["psnr_tile_mean"] == pytest.approx(float(np.mean(M.psnr(xp / scale, yp / scale,
                                                                       over="tile"))))
     pb = acc.per_band()

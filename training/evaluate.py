@@ -59,7 +59,7 @@ from training.models import load_checkpoint
 SOURCES = ("virtis", "sentinel2")
 RD_COLUMNS = ("method", "setting", "bpppc", "cr", "psnr", "psnr_phys", "ssim", "sam", "mae",
               "max_abs_err", "flagged", "cr_values", "ms_ssim", "psnr_tile_mean",
-              "psnr_phys_tile_mean", "lossless", "encode_mbps", "decode_mbps", "tiles")
+              "psnr_phys_tile_mean", "lossless", "encode_mbps", "decode_mbps", "tiles", "rmse")
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ class MethodResult:
             "psnr_phys_tile_mean": s["psnr_phys_tile_mean"], "lossless": int(self.lossless),
             "encode_mbps": mb / self.encode_s if self.encode_s > 0 else math.nan,
             "decode_mbps": mb / self.decode_s if self.decode_s > 0 else math.nan,
-            "tiles": self.acc.tiles,
+            "tiles": self.acc.tiles, "rmse": s["rmse"],
         }
 
 
@@ -521,7 +521,7 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
         metrics[r.method] = {
             "bpppc": r.bpppc, "cr_values": r.cr_values, "cr_bits": row["cr"],
             **{k: s[k] for k in ("psnr", "psnr_phys", "psnr_tile_mean", "psnr_phys_tile_mean",
-                                 "ssim", "ms_ssim", "sam", "mae", "max_abs_err")},
+                                 "ssim", "ms_ssim", "sam", "mae", "rmse", "max_abs_err")},
             **({"fsim": s["fsim"]} if "fsim" in s else {}),
             "encode_mbps": row["encode_mbps"], "decode_mbps": row["decode_mbps"],
         }
@@ -545,7 +545,7 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
         row = {"band": b,
                "name": (names[b] if isinstance(names, list) and b < len(names) else ""),
                "wavelength": float(wl[b]) if wl is not None else math.nan}
-        for k in ("psnr", "psnr_phys", "ssim", "ms_ssim", "fsim", "mae", "max_abs_err"):
+        for k in ("psnr", "psnr_phys", "ssim", "ms_ssim", "fsim", "mae", "rmse", "max_abs_err"):
             row[f"sscnet_{k}"] = pb[k][b] if k in pb else math.nan
         row["peak_phys"] = inp.peak_phys[b]
         if j2k_pb is not None:
@@ -610,7 +610,7 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
 
     # Report.
     summary_cols = ["method", "setting", "bpppc", "cr", "cr_values", "psnr", "psnr_phys",
-                    "ssim", "ms_ssim", "sam", "mae", "max_abs_err", "encode_mbps",
+                    "ssim", "ms_ssim", "sam", "mae", "rmse", "max_abs_err", "encode_mbps",
                     "decode_mbps", "flagged"]
     ordered = sorted(rows, key=lambda r: (r["method"] != "sscnet_fp32",
                                           r["method"] != "sscnet_fp16", r["method"], r["bpppc"]))
@@ -647,7 +647,8 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
             "training statistics). Pooled MSE over all tiles; *_tile_mean in rd.csv averages "
             "per-tile PSNRs.",
             f"SSIM: Gaussian {SSIM_WINDOW} px window, sigma 1.5; MS-SSIM: {MSSSIM_WINDOW} px "
-            "window, 5 scales; FSIM grayscale per band; all on the normalised scale, "
+            "window, 5 scales (n/a for tiles of 32 px or less); FSIM grayscale per band; "
+            "all on the normalised scale, "
             "data_range 1. SAM in degrees (float64) in physical units, zero and invalid "
             "spectra excluded.",
             "Rates: bpppc = stored bits / (bands x pixels). SSCNet: 32 (fp32) or 16 (fp16) "

@@ -426,6 +426,7 @@ class MetricAccumulator:
         self._add("sse_phys", np.where(fin, ep, 0).sum(axis=(2, 3)))
         a = np.abs(xp - yp)
         self._add("sae_phys", np.where(fin, a, 0).sum(axis=(2, 3)))
+        self._add("sse_raw", np.where(fin, a * a, 0).sum(axis=(2, 3)))
         self._add("max_phys", np.where(fin, a, 0).max(axis=(2, 3)))
         ang = spectral_angle(xp, yp)
         self._add("sam_sum", np.where(np.isfinite(ang), ang, 0).sum(axis=(1, 2)))
@@ -452,6 +453,7 @@ class MetricAccumulator:
                 "psnr": _psnr_from_mse(self._cat("sse_norm").sum(0) / c),
                 "psnr_phys": _psnr_from_mse(self._cat("sse_phys").sum(0) / c),
                 "mae": self._cat("sae_phys").sum(0) / c,
+                "rmse": np.sqrt(self._cat("sse_raw").sum(0) / c),
                 "max_abs_err": self._cat("max_phys").max(axis=0),
             }
         for key in ("ssim", "ms_ssim", "fsim"):
@@ -470,7 +472,8 @@ class MetricAccumulator:
             }
 
     def summary(self) -> dict[str, float]:
-        """Scalars: pooled PSNRs, tile-mean PSNRs, SSIM-family means, SAM, MAE, max error."""
+        """Scalars: pooled PSNRs, tile-mean PSNRs, SSIM-family means, SAM, MAE, RMSE, max error
+        (MAE, RMSE and max error in physical units)."""
         c = self._cat("count")
         total = c.sum()
         tile = self.per_tile()
@@ -483,6 +486,7 @@ class MetricAccumulator:
                                                            tile["psnr_phys"]))),
             "sam": float(self._cat("sam_sum").sum() / max(self._cat("sam_count").sum(), 1)),
             "mae": float(self._cat("sae_phys").sum() / total),
+            "rmse": float(np.sqrt(self._cat("sse_raw").sum() / total)),
             "max_abs_err": float(self._cat("max_phys").max()),
         }
         for key in ("ssim", "ms_ssim", "fsim"):
