@@ -151,3 +151,23 @@ def test_build_codecs_default_set(uint_tiles) -> None:
     assert methods == {"requant", "pca", "jpeg2000_band", "jpeg2000_cube", "jpegxl_band",
                        "jpeg8_paper", "jpeg2000_lossless", "jpegxl_lossless", "ccsds121"}
     assert sum(c.method == "jpeg2000_cube" for c in codecs) == 2
+
+
+def test_sz3_error_bound_and_rate(float_tiles) -> None:
+    fmt = _fmt(float_tiles)
+    rates = []
+    for tol in (0.5, 0.01):
+        codec = BL.sz3(tol, fmt)
+        res = BL.code_tiles(codec, float_tiles)
+        _check_rate(codec, float_tiles, res)
+        np.testing.assert_array_equal(np.isnan(res.recon), np.isnan(float_tiles))
+        assert np.nanmax(np.abs(res.recon.astype(np.float64) - float_tiles)) <= tol * (1 + 1e-5)
+        rates.append(res.bpppc)
+    assert rates[0] < rates[1]
+    with pytest.raises(ValueError):
+        BL.sz3(0.1, BL.TileFormat(B, H, W, np.dtype(np.uint16)))
+    codecs = BL.build_codecs(BL.BaselineSettings(target_bpppc=(), jpegxl_distances=(),
+                                                 jpeg8_qualities=(), lossless=False,
+                                                 sz3_relative=(1e-3,)),
+                             fmt, _range(float_tiles), float_tiles)
+    assert [c.method for c in codecs].count("sz3") == 1

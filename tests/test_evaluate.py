@@ -164,12 +164,20 @@ def test_evaluate_float_tiles_with_nan(tmp_path: Path) -> None:
     stats = write_tiles(tmp_path / "t.h5", tiles, "virtis")
     tiny_checkpoint(tmp_path / "m.pt", tiles, stats, "virtis", "paper_minmax", "conv", (4, 8),
                     steps=10)
-    (tmp_path / "p.yaml").write_text("evaluate: {jpegxl_effort: 3, calibration_tiles: 1}\n")
+    (tmp_path / "p.yaml").write_text(
+        "evaluate: {jpegxl_effort: 3, calibration_tiles: 1, rates: [2], requant_bits: [8],"
+        " pca: [[2, 8]], jpegxl_distances: [1.0], jpeg8_qualities: [90],"
+        " sz3_relative: [0.001]}\n")
+    args = ["--params", str(tmp_path / "p.yaml"), "--source", "virtis", "--tiles",
+            str(tmp_path / "t.h5"), "--checkpoint", str(tmp_path / "m.pt"), "--quiet",
+            "--device", "cpu"]
+    assert EV.main([*args, "--out", str(tmp_path / "full")]) == 0
+    full = list(csv.DictReader((tmp_path / "full" / "rd.csv").open()))
+    sz3 = next(r for r in full if r["method"] == "sz3")
+    span = np.median(np.array(stats["max"]) - np.array(stats["min"]))
+    assert float(sz3["max_abs_err"]) <= 1e-3 * span * (1 + 1e-4)
     out = tmp_path / "e"
-    rc = EV.main(["--params", str(tmp_path / "p.yaml"), "--source", "virtis", "--tiles",
-                  str(tmp_path / "t.h5"), "--checkpoint", str(tmp_path / "m.pt"), "--out",
-                  str(out), "--no-baselines", "--quiet", "--device", "cpu"])
-    assert rc == 0
+    assert EV.main([*args, "--out", str(out), "--no-baselines"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["native_bits"] == 32
     assert m["sscnet_fp32"]["bpppc"] == pytest.approx(32 * 4 * 8 * 8 / (8 * 32 * 32))

@@ -23,6 +23,8 @@ Methods (``method`` names used in rd.csv):
   grayscale image / the tile as one B-component image (no MCT). ``level`` is OpenJPEG's
   target PSNR; :func:`search_level` bisects it to hit a target bpppc.
 - ``jpegxl_band``: libjxl per band at a butteraugli ``distance``.
+- ``sz3`` (float tiles only): SZ3 error-bounded coder on the whole tile, absolute bound =
+  a fraction of the median band training range (physical units), no integer map needed.
 - ``jpeg8_paper``: the SSCNet paper's JPEG setting reproduced *for comparability only*:
   uint16 cast to uint8 with wrap-around (mod 256), baseline JPEG, metrics against the wrapped
   8-bit image with peak 255. Flagged ``paper_8bit_wrap`` in every output: its numbers do not
@@ -333,6 +335,25 @@ def jpeg8_paper(quality: int, fmt: TileFormat) -> Codec:
     )
 
 
+def sz3(abs_tol: float, fmt: TileFormat, label: str = "") -> Codec:
+    """SZ3 error-bounded float coder on the whole (B, H, W) tile: |error| <= ``abs_tol``
+    (physical units) everywhere. Float tiles only (the honest anchor for float radiance)."""
+    if not fmt.is_float:
+        raise ValueError("sz3 codes float tiles only")
+
+    def encode(tile: np.ndarray) -> Payload:
+        filled, mask = _pack_mask(tile)
+        data = np.ascontiguousarray(filled, dtype=np.float32)
+        return [*mask, imagecodecs.sz3_encode(data, mode="abs", abs=float(abs_tol))]
+
+    def decode(payload: Payload) -> np.ndarray:
+        mask = _unpack_mask(payload[0], fmt)
+        x = imagecodecs.sz3_decode(payload[1], fmt.shape, np.float32)
+        return _finish(np.asarray(x, dtype=np.float64).reshape(fmt.shape), mask, fmt)
+
+    return Codec("sz3", label or f"abs={abs_tol:.4g}", encode, decode)
+
+
 # --------------------------------------------------------------------------- lossless floor
 def jpeg2000_lossless(fmt: TileFormat) -> Codec:
     def encode(tile: np.ndarray) -> Payload:
@@ -422,6 +443,7 @@ class BaselineSettings:
     pca: tuple[tuple[int, int], ...] = ((1, 8), (2, 8), (4, 8), (8, 10))
     jpegxl_distances: tuple[float, ...] = (0.1, 0.5, 1.0, 3.0)
     jpeg8_qualities: tuple[int, ...] = (50, 95)
+    sz3_relative: tuple[float, ...] = (1e-2, 1e-3, 1e-4)  # x median band range, float only
     jpegxl_effort: int = 7
     calibration_tiles: int = 2
     jpeg2000_band: bool = True
@@ -459,6 +481,10 @@ def build_codecs(
                 )
     codecs += [jpegxl_band(d, fmt, settings.jpegxl_effort) for d in settings.jpegxl_distances]
     codecs += [jpeg8_paper(q, fmt) for q in settings.jpeg8_qualities]
+    if fmt.is_float:
+        span = float(np.median(band_range.span))
+        codecs += [sz3(r * span, fmt, f"abs={r * span:.4g},rel={r:g}")
+                   for r in settings.sz3_relative]
     if settings.lossless:
         codecs += [jpeg2000_lossless(fmt), jpegxl_lossless(fmt, settings.jpegxl_effort),
                    ccsds121(fmt)]

@@ -76,6 +76,7 @@ class EvaluateParams:
     pca: list[tuple[int, int]] = field(default_factory=lambda: [(1, 8), (3, 8), (8, 10)])
     jpegxl_distances: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 3.0])
     jpeg8_qualities: list[int] = field(default_factory=lambda: [50, 95])
+    sz3_relative: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     jpegxl_effort: int = 7
     calibration_tiles: int = 2  # tiles used to search the JPEG 2000 level for each rate
     lossless: bool = True
@@ -332,6 +333,7 @@ def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> 
                 target_bpppc=tuple(p.rates), requant_bits=tuple(p.requant_bits),
                 pca=tuple(p.pca), jpegxl_distances=tuple(p.jpegxl_distances),
                 jpeg8_qualities=tuple(p.jpeg8_qualities), jpegxl_effort=p.jpegxl_effort,
+                sz3_relative=tuple(p.sz3_relative),
                 calibration_tiles=p.calibration_tiles, lossless=p.lossless,
             )
             band_range = BL.BandRange(*_stats_range(inp.stats, inp.fmt.bands, "statistics"))

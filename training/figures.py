@@ -28,6 +28,7 @@ _STYLE = {
     "jpeg2000_band": dict(color="tab:blue", marker="o", ls="-"),
     "jpeg2000_cube": dict(color="tab:cyan", marker="o", ls="--"),
     "jpegxl_band": dict(color="tab:green", marker="^", ls="-"),
+    "sz3": dict(color="tab:brown", marker="h", ls="-"),
     "jpeg8_paper": dict(color="tab:orange", marker="v", ls=":", mfc="none"),
 }
 
