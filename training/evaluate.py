@@ -590,7 +590,8 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
     figures.rd_plot(rows, out / "rd_psnr_phys.png", "psnr_phys",
                     ylabel="PSNR (dB, physical units, peak = band training range)",
                     title=f"{source}: PSNR vs rate (physical units)", note=note)
-    figures.rd_plot(rows, out / "rd_sam.png", "sam", ylabel="spectral angle (degrees, lower is better)",
+    figures.rd_plot(rows, out / "rd_sam.png", "sam",
+                    ylabel="spectral angle (degrees, lower is better)",
                     title=f"{source}: spectral angle vs rate", note=note)
     pics = ["rd_psnr.png", "rd_psnr_phys.png", "rd_sam.png"]
     if ev.figure_tile is not None:
