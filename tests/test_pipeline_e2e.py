@@ -8,6 +8,9 @@ invalidates exactly tiles/train/evaluate of that source, and that ``dvc exp run 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,8 +94,11 @@ def test_second_repro_does_nothing(workspace, monkeypatch: pytest.MonkeyPatch) -
         repo.close()
 
 
-def test_tiles_param_invalidates_only_its_descendants(workspace) -> None:
+def test_tiles_param_invalidates_only_its_descendants(
+    workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws, _ = workspace
+    monkeypatch.chdir(ws)  # status() names stages relative to the cwd
     path = ws / "params.yaml"
     original = path.read_text(encoding="utf-8")
     params = yaml.safe_load(original)
@@ -107,16 +113,24 @@ def test_tiles_param_invalidates_only_its_descendants(workspace) -> None:
             changed = set(repo.status())
         finally:
             repo.close()
+        dry = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "--dry"], cwd=ws, env=demo.stage_env(),
+            capture_output=True, text=True, check=True,
+        ).stdout
     finally:
         path.write_text(original, encoding="utf-8")
+    running = set(re.findall(r"Running stage '([^']+)'", dry))
+    assert "tiles@virtis" in running
+    assert not running & {"download_pds", "download_sentinel2", "split@virtis", "stats@virtis"}
     # Status reports the stage whose own inputs changed; train/evaluate follow through the
     # tiles output. Downloads, split and statistics are untouched.
     assert changed == {"tiles@virtis"}
 
 
-def test_exp_run_with_set_param(workspace) -> None:
+def test_exp_run_with_set_param(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     """`dvc exp run -S` (a latent-size sweep point) reruns train + evaluate of that source only."""
     ws, _ = workspace
+    monkeypatch.chdir(ws)
     params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
     latent = params["train"]["sentinel2"]["latent"] // 2
     demo.dvc(ws, "exp", "run", "-n", f"latent{latent}", "-S",
