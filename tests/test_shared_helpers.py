@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -31,6 +32,9 @@ def test_atomic_path_keeps_suffix_and_creates_folders(tmp_path):
         assert tmp.parent == dest.parent and tmp.name.endswith(".h5.tmp")
         tmp.write_bytes(b"x")
     assert dest.read_bytes() == b"x"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_path_fails_when_writer_wrote_nothing(tmp_path):
