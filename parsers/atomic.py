@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import IO
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask() can only be read by setting it, which is not thread-safe.
+_UMASK = _read_umask()
 
 
 @contextlib.contextmanager
@@ -43,7 +47,7 @@ def atomic_path(dest: str | os.PathLike[str], *, suffix: str | None = None) -> I
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp}: the writer did not create its output")
         # mkstemp creates 0600; give the result the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
