@@ -91,6 +91,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "evaluate.common.pca": [[3, 8]],
     "evaluate.common.jpegxl_distances": [1.0],
     "evaluate.common.jpeg8_qualities": [95],
+    "evaluate.common.sz3_relative": [1.0e-3],
     "evaluate.common.calibration_tiles": 1,
     "evaluate.common.structural_baselines": False,  # SSIM for SSCNet only
     "evaluate.common.fsim": False,
