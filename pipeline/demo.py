@@ -237,9 +237,10 @@ def create_workspace(
         + yaml.safe_dump(dict(params), sort_keys=False),
         encoding="utf-8",
     )
-    (workspace / ".gitignore").write_text(
-        "__pycache__/\n*.pyc\n/data/\n/models/\n/eval/\n/dvclive/\n/plots/\n", encoding="utf-8"
-    )
+    # Cached outputs get their .gitignore entries from DVC itself. Outputs with cache: false
+    # (metrics, plots) must stay visible to git: experiments commit them, and `dvc exp show`
+    # / `dvc metrics diff` read them from those commits.
+    (workspace / ".gitignore").write_text("__pycache__/\n*.pyc\n/plots/\n", encoding="utf-8")
     if not (workspace / ".git").exists():
         _run(["git", "init", "-q", "-b", "main"], workspace)
     if not (workspace / ".dvc").exists():
@@ -253,13 +254,18 @@ def create_workspace(
     templates = source_root / ".dvc" / "plots"
     if templates.is_dir():
         shutil.copytree(templates, workspace / ".dvc" / "plots", dirs_exist_ok=True)
+    commit_all(workspace, "demo workspace: code, dvc.yaml, params.yaml")
+    return workspace
+
+
+def commit_all(workspace: Path, message: str) -> None:
+    """``git add -A`` + commit in the workspace (nothing when nothing changed)."""
     _run(["git", "add", "-A"], workspace)
     status = subprocess.run(
         ["git", "diff", "--cached", "--quiet"], cwd=workspace, env=stage_env(), check=False
     )
     if status.returncode != 0:
-        _run(["git", "commit", "-q", "-m", "demo workspace"], workspace)
-    return workspace
+        _run(["git", "commit", "-q", "-m", message], workspace)
 
 
 def report_paths(workspace: Path) -> list[Path]:
@@ -333,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with demo_session(workdir, overrides, sizes) as workspace:
         print(f"demo: dvc repro in {workspace}", flush=True)
         dvc(workspace, "repro")
+    # A baseline commit (dvc.lock + uncached metrics) for `dvc exp show` / `dvc metrics diff`.
+    commit_all(workspace, "demo: dvc repro")
     dvc(workspace, "plots", "show", "-o", "plots", quiet=True)
     reports = report_paths(workspace)
     if not reports:

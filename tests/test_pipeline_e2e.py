@@ -138,10 +138,16 @@ def test_exp_run_with_set_param(workspace, monkeypatch: pytest.MonkeyPatch) -> N
     repo = dvc_repo.Repo(str(ws))
     try:
         assert repo.status() == {}
-        names = [name for exps in repo.experiments.ls().values() for name, _ in exps]
+        exps = dict(e for group in repo.experiments.ls().values() for e in group)
     finally:
         repo.close()
-    assert f"latent{latent}" in names
+    assert f"latent{latent}" in exps
+    # The experiment commit carries the uncached metrics, so `dvc exp show` can compare them.
+    committed = subprocess.run(
+        ["git", "show", f"{exps[f'latent{latent}']}:eval/sentinel2/metrics.json"], cwd=ws,
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(committed)["sscnet_fp32"]
     metrics = json.loads((ws / "eval" / "sentinel2" / "metrics.json").read_text())
     size = params["tiles"]["sentinel2"]["size"]
     assert metrics["sscnet_fp32"]["cr_values"] == pytest.approx(9 * size * size / latent)
