@@ -207,3 +207,43 @@ def test_dag_chains_each_source(stages) -> None:
     other = {(a, b) for a, b in edges if a.split("@")[-1] != b.split("@")[-1]
              and "@" in a and "@" in b}
     assert not other, f"stages of one source depend on the other: {sorted(other)}"
+
+
+@pytest.mark.parametrize("tiny", [False, True], ids=["demo", "tiny"])
+def test_demo_params_load_with_every_stage(tmp_path: Path, tiny: bool) -> None:
+    """The demo's derived params.yaml passes every stage's strict loader (no pipeline run)."""
+    pytest.importorskip("torch")
+    from pipeline import demo
+
+    overrides = {**demo.DEMO_OVERRIDES, **(demo.TEST_OVERRIDES if tiny else {})}
+    urls = {"pds_url": "http://127.0.0.1:1/", "stac_url": "http://127.0.0.1:2/"}
+    params = demo.derive_params(read_params_file(PARAMS), overrides, urls)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    assert params["download_pds"]["base_url"] == urls["pds_url"]
+    assert params["download_sentinel2"]["stac_url"] == urls["stac_url"]
+    for section, (module, name) in SECTION_CLASSES.items():
+        load_section(getattr(importlib.import_module(module), name), section, path)
+    for stage in ("train", "evaluate"):
+        module = importlib.import_module(f"training.{stage}")
+        for source in SOURCES:
+            (module.load_params(path, source) if stage == "train"
+             else module.load_params(path, source, {}))
+
+
+def test_demo_refuses_unknown_override() -> None:
+    from parsers.errors import UserError
+    from pipeline import demo
+
+    with pytest.raises(UserError, match=re.escape("tiles.virtis.sise")):
+        demo.derive_params(read_params_file(PARAMS), {"tiles.virtis.sise": 3})
+
+
+def test_demo_stage_env_puts_this_python_first() -> None:
+    import sys
+
+    from pipeline import demo
+
+    env = demo.stage_env({"PATH": "/usr/bin:/bin", "NO_PROXY": "example.org"})
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert "127.0.0.1" in env["NO_PROXY"].split(",") and "example.org" in env["NO_PROXY"]
