@@ -20,11 +20,13 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -182,6 +184,20 @@ def serving(psa_root: Path, stac_root: Path) -> Iterator[dict[str, str]]:
         yield {"pds_url": str(pds_url), "stac_url": str(stac_url)}
 
 
+@functools.cache
+def python_bindir() -> Path:
+    """A folder whose ``python`` is this interpreter: its own folder (a venv's ``bin``), or,
+    when that has no ``python`` or another one (e.g. only ``python3``), a temporary folder
+    with a ``python`` link to ``sys.executable``."""
+    here = Path(sys.executable).parent
+    found = shutil.which("python", path=str(here))
+    if found and os.path.samefile(found, sys.executable):
+        return here
+    shim = Path(tempfile.mkdtemp(prefix="sscnet-demo-python-"))
+    (shim / "python").symlink_to(sys.executable)
+    return shim
+
+
 def stage_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for ``dvc`` and its stage commands.
 
@@ -189,7 +205,7 @@ def stage_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     dependencies), loopback traffic must bypass proxies, and DVC must not phone home.
     """
     env = dict(os.environ if base is None else base)
-    bindir = str(Path(sys.executable).parent)
+    bindir = str(python_bindir())
     rest = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir]
     env["PATH"] = os.pathsep.join([bindir, *rest])
     for key in ("NO_PROXY", "no_proxy"):

@@ -245,5 +245,6 @@ def test_demo_stage_env_puts_this_python_first() -> None:
     from pipeline import demo
 
     env = demo.stage_env({"PATH": "/usr/bin:/bin", "NO_PROXY": "example.org"})
-    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    first = Path(env["PATH"].split(":")[0])
+    assert (first / "python").samefile(sys.executable)
     assert "127.0.0.1" in env["NO_PROXY"].split(",") and "example.org" in env["NO_PROXY"]
