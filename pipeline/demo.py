@@ -222,7 +222,10 @@ def stage_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def _run(cmd: Sequence[str], cwd: Path, quiet: bool = False) -> None:
     stdout = subprocess.DEVNULL if quiet else None
-    proc = subprocess.run(list(cmd), cwd=cwd, env=stage_env(), stdout=stdout, check=False)
+    try:
+        proc = subprocess.run(list(cmd), cwd=cwd, env=stage_env(), stdout=stdout, check=False)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]}: not found (the demo needs git and DVC installed)") from None
     if proc.returncode != 0:
         raise UserError(f"{' '.join(cmd[:4])} failed in {cwd} (exit {proc.returncode})")
 
