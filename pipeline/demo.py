@@ -8,10 +8,11 @@ tiny sizes), ``git init`` + ``dvc init`` + one commit there (so ``dvc exp run`` 
 ``dvc repro``. Every stage, including the real download code, runs. The last line printed is the
 path of the evaluation report.
 
-The workspace keeps all stage outputs (tiles, checkpoints, metrics, plots, reports); afterwards,
-``cd DIR/workspace`` and try ``dvc status``, ``dvc metrics show``, ``dvc plots show`` or
-``dvc exp run -S train.virtis.epochs=3`` (the download stages then need the servers again:
-rerun the demo with the same ``--workdir``).
+The workspace keeps all stage outputs (tiles, checkpoints, metrics, plots, reports) and a git
+commit of the result; afterwards, ``cd DIR/workspace`` and try ``dvc status``, ``dvc metrics
+show``, ``dvc plots show`` or ``dvc exp run -S train.sentinel2.latent=500``. Only a change to a
+download section needs the servers again (they live as long as the demo): rerun the demo with
+the same ``--workdir`` instead. Such a rerun serves on new ports, so the downloads run again.
 """
 
 from __future__ import annotations
