@@ -156,18 +156,27 @@ def build_archives(
 
     psa_root = root / "psa"
     stac_root = root / "stac"
-    if not (psa_root / ".complete").exists():
-        shutil.rmtree(psa_root, ignore_errors=True)
+    # A finished archive of the same sizes is reused (a rerun in the same --workdir).
+    stamp = f"{sizes!r} seed={seed}\n"
+
+    def fresh(folder: Path) -> bool:
+        marker = folder / ".complete"
+        if marker.is_file() and marker.read_text(encoding="utf-8") == stamp:
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    if fresh(psa_root):
         build_psa_archive(
             psa_root, datasets=[DEMO_DATASET], channels=["VIRTIS_M_VIS"],
             products_per_dataset=sizes.virtis_products, bands=sizes.virtis_bands,
             samples=sizes.virtis_samples, lines=sizes.virtis_lines, seed=seed,
         )
-        (psa_root / ".complete").touch()
-    if not (stac_root / ".complete").exists():
-        shutil.rmtree(stac_root, ignore_errors=True)
-        build_stac_catalogue(stac_root, n_items=sizes.sentinel2_items, size=sizes.sentinel2_size)
-        (stac_root / ".complete").touch()
+        (psa_root / ".complete").write_text(stamp, encoding="utf-8")
+    if fresh(stac_root):
+        build_stac_catalogue(stac_root, n_items=sizes.sentinel2_items, size=sizes.sentinel2_size,
+                             seed=seed)
+        (stac_root / ".complete").write_text(stamp, encoding="utf-8")
     return psa_root, stac_root
 
 
