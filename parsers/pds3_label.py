@@ -9,6 +9,8 @@ statement, never the whole file. Parsing goes through three stages:
 2. ``pvl`` with its lenient ``OmniGrammar``/``OmniDecoder`` when the fast parser gives up;
 3. ``pvl`` again on a repaired text (commas inserted between the lines of multi-line lists).
 
+pvl runs in a child process with a timeout (it loops forever on some malformed labels).
+
 Values come back as ``int``, ``float``, ``str``, ``list`` (sequences and sets) or
 :class:`Quantity` (a value with ``<units>``); objects and groups as :class:`Block`.
 Keywords are upper-cased.
@@ -235,30 +237,75 @@ def parse_fast(text: str) -> Block:
 
 
 # --------------------------------------------------------------------------- pvl fallback
-def _from_pvl(obj: Any) -> Any:
-    import datetime
+# pvl runs in a child process: pvl 1.3 loops forever on some malformed labels (for example
+# ``SUFFIX_ITEMS = 0 ==>``), and a reader must never hang. The child prints the parsed label
+# as JSON; blocks are {"block": kind, "entries": [[key, value], ...]}, quantities {"q", "u"}.
+PVL_TIMEOUT_S = 20.0
+_PVL_CHILD = r"""
+import datetime, json, sys, warnings
+warnings.simplefilter("ignore")
+import pvl
 
-    import pvl
+def conv(o):
+    if isinstance(o, (pvl.PVLModule, pvl.PVLObject, pvl.PVLGroup)):
+        kind = ("OBJECT" if isinstance(o, pvl.PVLObject)
+                else "GROUP" if isinstance(o, pvl.PVLGroup) else "ROOT")
+        return {"block": kind, "entries": [[str(k), conv(v)] for k, v in o.items()]}
+    if isinstance(o, pvl.collections.Quantity):
+        return {"q": conv(o.value), "u": str(o.units)}
+    if isinstance(o, (set, frozenset)):
+        return sorted((conv(v) for v in o), key=str)
+    if isinstance(o, (list, tuple)):
+        return [conv(v) for v in o]
+    if isinstance(o, (datetime.date, datetime.time, datetime.datetime)):
+        return o.isoformat()
+    if o is None or isinstance(o, (bool, int, float, str)):
+        return o
+    return str(o)
 
-    if isinstance(obj, (pvl.PVLModule, pvl.PVLObject, pvl.PVLGroup)):
-        kind = "OBJECT" if isinstance(obj, pvl.PVLObject) else (
-            "GROUP" if isinstance(obj, pvl.PVLGroup) else "ROOT")
-        block = Block(kind)
-        for k, v in obj.items():
-            conv = _from_pvl(v)
-            if isinstance(conv, Block):
-                conv.name = str(k).upper()
-            block.add(str(k).upper(), conv)
+for text in json.load(sys.stdin):
+    try:
+        module = pvl.loads(text, grammar=pvl.grammar.OmniGrammar(),
+                           decoder=pvl.decoder.OmniDecoder())
+    except Exception:
+        continue
+    json.dump(conv(module), sys.stdout)
+    break
+"""
+
+
+def _from_json(obj: Any, name: str = "") -> Any:
+    if isinstance(obj, dict) and "block" in obj:
+        block = Block(obj["block"], name)
+        for key, value in obj["entries"]:
+            block.add(key.upper(), _from_json(value, key.upper()))
         return block
-    if isinstance(obj, pvl.collections.Quantity):
-        return Quantity(_from_pvl(obj.value), str(obj.units))
-    if isinstance(obj, (set, frozenset)):
-        return sorted((_from_pvl(v) for v in obj), key=str)
-    if isinstance(obj, (list, tuple)):
-        return [_from_pvl(v) for v in obj]
-    if isinstance(obj, (datetime.date, datetime.time, datetime.datetime)):
-        return obj.isoformat()
+    if isinstance(obj, dict) and "q" in obj:
+        return Quantity(_from_json(obj["q"]), str(obj["u"]))
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
     return obj
+
+
+def parse_with_pvl(texts: list[str], timeout: float | None = None) -> Block | None:
+    """Parse the first of ``texts`` that pvl (lenient grammar) accepts; None if none does."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PVL_CHILD], input=json.dumps(texts),
+                              capture_output=True, text=True,
+                              timeout=timeout or PVL_TIMEOUT_S, check=False)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    try:
+        result = _from_json(json.loads(proc.stdout))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return result if isinstance(result, Block) else None
 
 
 def repair_missing_commas(text: str) -> str:
@@ -281,27 +328,25 @@ def repair_missing_commas(text: str) -> str:
     return "".join(out)
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+
+
+def _worth_pvl(text: str) -> bool:
+    """pvl only gets labels that look like text: it is slow (and can take minutes) on
+    binary garbage, which the fast parser already rejected for good reasons."""
+    return len(text) <= 256 * 1024 and not _CONTROL_RE.search(text)
+
+
 def parse_label_text(text: str, path: str | os.PathLike[str] = "label") -> Block:
     """Parse ODL text: fast parser, then pvl (lenient), then pvl on a repaired text."""
     try:
         return parse_fast(text)
     except LabelSyntaxError as exc:
         first_error = str(exc)
-    try:
-        import pvl
-    except ImportError:  # pragma: no cover - pvl is a core dependency
-        raise ProductError(path, f"cannot parse label: {first_error}") from None
-    import warnings
-
-    for candidate in (text, repair_missing_commas(text)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                module = pvl.loads(candidate, grammar=pvl.grammar.OmniGrammar(),
-                                   decoder=pvl.decoder.OmniDecoder())
-            except Exception:  # pvl raises many types on bad input
-                continue
-            return _from_pvl(module)
+    if _worth_pvl(text):
+        block = parse_with_pvl([text, repair_missing_commas(text)])
+        if block is not None:
+            return block
     raise ProductError(path, f"cannot parse label: {first_error}")
 
 

@@ -402,6 +402,20 @@ def test_pvl_fallback_gives_the_same_values(monkeypatch):
         parse_label_text("A = (1, 2\nB = \nEND\n")
 
 
+def test_label_that_makes_pvl_loop_forever_is_a_clean_error(monkeypatch):
+    import time
+
+    from parsers import pds3_label
+
+    monkeypatch.setattr(pds3_label, "PVL_TIMEOUT_S", 3.0)
+    text = ("PDS_VERSION_ID = PDS3\r\nOBJECT = QUBE\r\n  SUFFIX_ITEMS = 0 ==>\r\n"
+            "END_OBJECT = QUBE\r\nEND\r\n")
+    start = time.monotonic()
+    with pytest.raises(ProductError, match="cannot parse label"):
+        parse_label_text(text, "V1_loop.QUB")
+    assert time.monotonic() - start < 15
+
+
 def test_repair_inserts_missing_commas_in_multiline_lists():
     text = 'SPICE_FILE_NAME = ("A.TF"\n                   "B.TLS"\n                   "C.TSC")\n'
     assert repair_missing_commas(text).count(",") == 2
