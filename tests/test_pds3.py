@@ -492,3 +492,21 @@ def test_label_is_read_without_reading_data(tmp_path, monkeypatch):
     monkeypatch.setattr(pl, "open", spy_open, raising=False)
     pds3.read(path)
     assert reads and all(0 < n <= 64 * 1024 for n in reads)
+
+
+def test_load_allocates_the_output_once_plus_small_chunks(tmp_path):
+    import tracemalloc
+
+    shape = (432, 96, 64)
+    core = RNG.normal(size=shape).astype(np.float32)
+    back = Suffix(np.zeros((1, 96, 64), np.uint32), ">u4", 4)
+    path = write_qube_product(tmp_path / "m.qub", core, suffix={"BAND": back})
+    cube = pds3.read(path)
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    out = cube.load()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    overhead = peak - base - out.nbytes
+    assert overhead < 8 * 2**20, f"load() used {overhead / 2**20:.1f} MiB beyond its output"
+    np.testing.assert_array_equal(out, core)
