@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import netrc
 import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from tqdm import tqdm
 
 from parsers.errors import UserError
 
@@ -145,3 +149,46 @@ def short_reason(exc: BaseException) -> str:
 def unreachable(service: str, url: str, exc: BaseException, hint: str) -> UserError:
     """The one-line error for a service that cannot be reached."""
     return UserError(f"{service} at {url} is unreachable ({short_reason(exc)}): {hint}")
+
+
+def fetch_in_parallel(
+    products: Sequence[Product],
+    fetch_one: Callable[[Product], Fetched | Failed],
+    *,
+    workers: int,
+    desc: str,
+    unit: str,
+    progress: bool | None,
+    on_done: Callable[[Fetched | Failed], None] | None = None,
+    fatal: tuple[type[BaseException], ...] = (),
+    on_fatal: Callable[[BaseException], BaseException] | None = None,
+) -> list[Fetched | Failed]:
+    """Run ``fetch_one`` over ``products`` in ``workers`` threads with one progress bar.
+
+    Results come back in the order of ``products``; ``on_done`` sees each as it finishes
+    (the download stage writes the manifest there). An exception of a ``fatal`` type
+    cancels the products not started yet and is re-raised as ``on_fatal(exc)``.
+    """
+    results: list[Fetched | Failed] = []
+    bar = tqdm(total=len(products), desc=desc, unit=unit,
+               disable=None if progress is None else not progress)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=desc) as pool:
+            futures = [pool.submit(fetch_one, p) for p in products]
+            for fut in as_completed(futures):
+                try:
+                    res = fut.result()
+                except fatal as exc:
+                    for f in futures:
+                        f.cancel()
+                    if on_fatal is None:
+                        raise
+                    raise on_fatal(exc) from None
+                results.append(res)
+                if on_done is not None:
+                    on_done(res)
+                bar.update(1)
+    finally:
+        bar.close()
+    order = {p.product_id: i for i, p in enumerate(products)}
+    return sorted(results, key=lambda r: order[r.product.product_id])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from pipeline.sentinel2_backends.common import (
     Product,
     Query,
     credentials,
+    fetch_in_parallel,
     short_reason,
     unreachable,
 )
@@ -143,7 +143,6 @@ class DhusBackend:
             SentinelAPIError,
             UnauthorizedError,
         )
-        from tqdm.auto import tqdm
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -177,24 +176,8 @@ class DhusBackend:
                                      "uuid": uid})
             return Failed(product, f"{last} after {s.retries + 1} attempts")
 
-        results: list[Fetched | Failed] = []
-        bar = tqdm(total=len(products), desc="dhus products", unit="product",
-                   disable=None if s.progress is None else not s.progress)
-        try:
-            with ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="dhus") as pool:
-                futures = {pool.submit(one, p): p for p in products}
-                for fut in as_completed(futures):
-                    try:
-                        res = fut.result()
-                    except (UnauthorizedError, requests.RequestException) as exc:
-                        for f in futures:
-                            f.cancel()
-                        raise self._error(exc) from None
-                    results.append(res)
-                    if on_done is not None:
-                        on_done(res)
-                    bar.update(1)
-        finally:
-            bar.close()
-        order = {p.product_id: i for i, p in enumerate(products)}
-        return sorted(results, key=lambda r: order[r.product.product_id])
+        return fetch_in_parallel(
+            products, one, workers=s.workers, desc="dhus", unit="product",
+            progress=s.progress, on_done=on_done,
+            fatal=(UnauthorizedError, requests.RequestException), on_fatal=self._error,
+        )

@@ -20,7 +20,6 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,14 @@ from parsers.errors import UserError
 from parsers.sentinel2 import ALL_BANDS, NATIVE_RESOLUTION
 from pipeline.fetch import sha256_file
 from pipeline.manifest import ManifestEntry
-from pipeline.sentinel2_backends.common import Failed, Fetched, Product, Query, short_reason
+from pipeline.sentinel2_backends.common import (
+    Failed,
+    Fetched,
+    Product,
+    Query,
+    fetch_in_parallel,
+    short_reason,
+)
 
 # Sentinel-2 band -> Earth Search v1 asset key.
 ASSET_KEYS: dict[str, str] = {
@@ -150,7 +156,6 @@ class StacBackend:
         on_done: Callable[[Fetched | Failed], None] | None = None,
     ) -> list[Fetched | Failed]:
         import rasterio
-        from tqdm.auto import tqdm
 
         s = self.settings
         env = rasterio.Env(
@@ -162,9 +167,6 @@ class StacBackend:
             GDAL_HTTP_CONNECTTIMEOUT=str(math.ceil(min(s.timeout, 10))),
             VSI_CACHE="TRUE",
         )
-        results: list[Fetched | Failed] = []
-        bar = tqdm(total=len(products), desc="stac items", unit="item",
-                   disable=None if s.progress is None else not s.progress)
 
         def one(product: Product) -> Fetched | Failed:
             try:
@@ -172,22 +174,11 @@ class StacBackend:
             except _ItemError as exc:
                 return Failed(product, str(exc))
 
-        try:
-            # Items in parallel threads (rasterio keeps GDAL options per thread; the retry
-            # and timeout options set here in the main thread apply to all of them).
-            with env, ThreadPoolExecutor(max_workers=s.workers,
-                                         thread_name_prefix="stac") as pool:
-                futures = [pool.submit(one, p) for p in products]
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    results.append(res)
-                    if on_done is not None:
-                        on_done(res)
-                    bar.update(1)
-        finally:
-            bar.close()
-        order = {p.product_id: i for i, p in enumerate(products)}
-        return sorted(results, key=lambda r: order[r.product.product_id])
+        # Items in parallel threads (rasterio keeps GDAL options per thread; the retry and
+        # timeout options set here in the main thread apply to all of them).
+        with env:
+            return fetch_in_parallel(products, one, workers=s.workers, desc="stac",
+                                     unit="item", progress=s.progress, on_done=on_done)
 
     def _asset(self, item: dict[str, Any], band: str) -> tuple[str, dict[str, Any]] | None:
         assets = item.get("assets", {})
