@@ -51,7 +51,7 @@ PACKAGES = ("parsers", "pipeline", "training")
 def stages():
     repo = dvc_repo.Repo(str(REPO_ROOT))
     try:
-        yield {stage.addressing: stage for stage in repo.index.stages}
+        yield {stage.name: stage for stage in repo.index.stages}
     finally:
         repo.close()
 
@@ -195,7 +195,7 @@ def test_dag_chains_each_source(stages) -> None:
     repo = dvc_repo.Repo(str(REPO_ROOT))
     try:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        names = {stage: stage.addressing for stage in graph.nodes}
+        names = {stage: stage.name for stage in graph.nodes}
         edges = {(names[a], names[b]) for a, b in graph.edges}
         assert nx.is_directed_acyclic_graph(graph)
     finally:
