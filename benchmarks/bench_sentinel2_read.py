@@ -1,6 +1,6 @@
 """Sentinel-2 reader timings: whole synthetic SAFE zip, and one 48 x 48 window over HTTP.
 
-    python benchmarks/sentinel2_read.py [--size 1098] [--repeat 3]
+    python benchmarks/bench_sentinel2_read.py [--size 1098] [--repeat 3]
 
 1. Writes a synthetic L2A SAFE zip (lossless JP2, ``--size`` 10 m pixels a side; a real tile
    is 10980) and times ``parsers.sentinel2.read`` of the 9 default bands (nearest, bilinear).
