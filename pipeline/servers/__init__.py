@@ -2,4 +2,43 @@
 
 - :mod:`pipeline.servers.static`: a static file tree with Range, HEAD, Apache-style
   listings and fault injection (an imitation of the PSA / PDS archive web servers).
+- :mod:`pipeline.servers.stac`: a STAC API imitation over synthetic COGs.
+
+:func:`serve_handler` is the one place that runs a handler on a free port in a thread.
 """
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server whose request threads never keep the process alive."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+
+@contextlib.contextmanager
+def serve_handler(
+    handler_cls: type[BaseHTTPRequestHandler], name: str = "loopback-http"
+) -> Iterator[LoopbackServer]:
+    """Serve ``handler_cls`` on 127.0.0.1 at a free port until the block ends.
+
+    Yields the running server; its base URL is
+    ``f"http://127.0.0.1:{server.server_port}/"``.
+    """
+    server = LoopbackServer(("127.0.0.1", 0), handler_cls)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"{name}-{server.server_port}", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -22,9 +22,8 @@ import contextlib
 import datetime as dt
 import json
 import os
-import threading
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from parsers.atomic import atomic_open
 from parsers.sentinel2 import NATIVE_RESOLUTION
 from pipeline.sentinel2_backends.stac import ASSET_KEYS
+from pipeline.servers import serve_handler
 
 # Earth Search v1 asset key -> (Sentinel-2 band, native resolution in metres).
 ASSET_BANDS: dict[str, tuple[str, int]] = {
@@ -398,16 +398,7 @@ def serve_stac_catalogue(
         handler = type("Handler", (_StacHandler,), {
             "root": root, "files_base": str(files_base), "page_cap": page_cap, "log": log,
         })
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True, name="fake-stac-api")
-        thread.start()
-        url = StacURL(f"http://127.0.0.1:{server.server_address[1]}/")
-        url.files, url.log = files_base, log
-        try:
+        with serve_handler(handler, name="fake-stac-api") as server:
+            url = StacURL(f"http://127.0.0.1:{server.server_port}/")
+            url.files, url.log = files_base, log
             yield url
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)

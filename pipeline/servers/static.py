@@ -27,9 +27,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
+
+from pipeline.servers import LoopbackServer, serve_handler
 
 SEND_CHUNK = 1 << 20
 
@@ -124,7 +126,7 @@ class ServerURL(str):
     log: list[RequestRecord]
     faults: Faults
     root: Path
-    server: ThreadingHTTPServer
+    server: LoopbackServer
 
     def requests_for(self, path: str, method: str = "GET") -> list[RequestRecord]:
         """Log records of ``method`` requests whose path matches the fnmatch ``path``."""
@@ -326,12 +328,6 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
     return Handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-
 @contextlib.contextmanager
 def serve_directory(
     root: str | os.PathLike[str], faults: Faults | None = None
@@ -345,17 +341,8 @@ def serve_directory(
         raise NotADirectoryError(f"{root}: not a folder")
     faults = faults if faults is not None else Faults()
     log: list[RequestRecord] = []
-    server = _Server(("127.0.0.1", 0), _make_handler(root, faults, log, threading.Lock()))
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05},
-        name=f"static-{server.server_port}", daemon=True,
-    )
-    thread.start()
-    url = ServerURL(f"http://127.0.0.1:{server.server_port}/")
-    url.log, url.faults, url.root, url.server = log, faults, root, server
-    try:
+    handler = _make_handler(root, faults, log, threading.Lock())
+    with serve_handler(handler, name="static") as server:
+        url = ServerURL(f"http://127.0.0.1:{server.server_port}/")
+        url.log, url.faults, url.root, url.server = log, faults, root, server
         yield url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from parsers.sentinel2_synthetic import write_safe_product
+from pipeline.servers import serve_handler
 from pipeline.servers.static import _parse_range
 
 
@@ -91,14 +91,5 @@ def send_ranged(handler: BaseHTTPRequestHandler, data: bytes,
 @contextlib.contextmanager
 def serve(handler_cls: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """Run ``handler_cls`` on 127.0.0.1:<free port>; yield ``http://127.0.0.1:PORT/``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_handler(handler_cls, name="fake-hub") as server:
+        yield f"http://127.0.0.1:{server.server_port}/"
