@@ -15,6 +15,20 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 request handler that logs nothing (tests keep their own request logs)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    @property
+    def base(self) -> str:
+        """This server's base URL, ``http://127.0.0.1:PORT/``."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+
 class LoopbackServer(ThreadingHTTPServer):
     """A threaded HTTP server whose request threads never keep the process alive."""
 

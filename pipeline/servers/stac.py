@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -31,7 +30,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from parsers.atomic import atomic_open
 from parsers.sentinel2 import NATIVE_RESOLUTION
 from pipeline.sentinel2_backends.stac import ASSET_KEYS
-from pipeline.servers import serve_handler
+from pipeline.servers import QuietHandler, serve_handler
 
 # Earth Search v1 asset key -> (Sentinel-2 band, native resolution in metres).
 ASSET_BANDS: dict[str, tuple[str, int]] = {
@@ -220,21 +219,12 @@ def _match(item: dict, params: dict[str, Any]) -> bool:
     return True
 
 
-class _StacHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _StacHandler(QuietHandler):
     server_version = "FakeSTAC/1.0"
     root: Path
     files_base: str  # URL of the static file server (Range-capable) serving root
     page_cap = 100
     log: list[tuple[str, str]]
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    @property
-    def base(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/"
 
     def _json(self, obj: Any, status: int = 200) -> None:
         body = json.dumps(obj).encode("utf-8")

@@ -27,11 +27,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from pipeline.servers import LoopbackServer, serve_handler
+from pipeline.servers import LoopbackServer, QuietHandler, serve_handler
 
 SEND_CHUNK = 1 << 20
 
@@ -199,12 +198,8 @@ def _human(n: int) -> str:
 
 
 def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: threading.Lock):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(QuietHandler):
         server_version = "sscnet-static/1.0"
-
-        def log_message(self, format, *args):  # quiet: the log list is the record
-            pass
 
         def _record(self, rel: str, status: int, sent: int) -> None:
             with lock:

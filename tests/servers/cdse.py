@@ -26,9 +26,9 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from pipeline.servers import QuietHandler
 from tests.servers.products import FakeProduct, send, send_ranged, serve
 
 USER, PASSWORD = "alice@example.org", "s3cret-pw"
@@ -134,15 +134,7 @@ def _filter(products: list[FakeProduct], flt: str) -> list[FakeProduct]:
 
 
 def _handler(hub: CdseHub):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format, *args):
-            pass
-
-        @property
-        def base(self) -> str:
-            return f"http://127.0.0.1:{self.server.server_address[1]}/"
+    class Handler(QuietHandler):
 
         def do_POST(self) -> None:
             hub.log.append(("POST", self.path, None))

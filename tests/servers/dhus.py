@@ -29,9 +29,9 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+from pipeline.servers import QuietHandler
 from tests.servers.products import FakeProduct, send, send_ranged, serve
 
 USER, PASSWORD = "bob", "hub-pass"
@@ -118,15 +118,7 @@ def _matches(p: FakeProduct, q: str) -> bool:
 def _handler(hub: DhusHub):
     expected = "Basic " + base64.b64encode(f"{hub.user}:{hub.password}".encode()).decode()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format, *args):
-            pass
-
-        @property
-        def base(self) -> str:
-            return f"http://127.0.0.1:{self.server.server_address[1]}/"
+    class Handler(QuietHandler):
 
         def do_HEAD(self) -> None:
             self.do_GET()
