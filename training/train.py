@@ -376,7 +376,7 @@ def split_train_val(
 
 
 def make_dataset(path: Path, normalisation: str) -> Dataset:
-    """The dataset helper's TileDataset; items are (tile, validity mask), both (B, H, W)."""
+    """:class:`training.data.TileDataset`; items are (tile, validity mask), both (B, H, W)."""
     from training.data import TileDataset
 
     try:
