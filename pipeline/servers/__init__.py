@@ -23,6 +23,18 @@ class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def send_body(self, status: int, body: bytes, ctype: str,
+                  headers: dict[str, str] | None = None) -> None:
+        """Answer with ``body`` and its Content-Length (headers only for HEAD)."""
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
     @property
     def base(self) -> str:
         """This server's base URL, ``http://127.0.0.1:PORT/``."""

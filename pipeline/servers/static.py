@@ -211,14 +211,7 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
                     body: bytes | None = None, ctype: str = "text/plain") -> None:
             if body is None:
                 body = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
-            self.send_response(status)
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self.send_body(status, body, ctype, extra)
             self._record(rel, status, 0 if self.command == "HEAD" else len(body))
 
         def do_HEAD(self) -> None:

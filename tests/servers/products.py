@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from parsers.sentinel2_synthetic import write_safe_product
-from pipeline.servers import serve_handler
+from pipeline.servers import QuietHandler, serve_handler
 from pipeline.servers.static import _parse_range
 
 
@@ -60,14 +60,7 @@ def make_products(
 def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"",
          ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
     """Answer with ``body`` and a Content-Length (no body for HEAD)."""
-    handler.send_response(status)
-    for k, v in (headers or {}).items():
-        handler.send_header(k, v)
-    handler.send_header("Content-Type", ctype)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    if handler.command != "HEAD" and body:
-        handler.wfile.write(body)
+    QuietHandler.send_body(handler, status, body, ctype, headers)
 
 
 def send_ranged(handler: BaseHTTPRequestHandler, data: bytes,
