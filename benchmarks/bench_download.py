@@ -3,7 +3,7 @@
     python benchmarks/bench_download.py [--files 8] [--size-mb 10] [--jobs 4] [--repeat 3]
 
 1. Writes a synthetic PSA archive of ``--files`` VIRTIS-M VIS calibrated cubes of about
-   ``--size-mb`` MB each and serves it with ``pipeline.servers.static`` on 127.0.0.1.
+   ``--size-mb`` MB each and serves it with ``pipeline.synthetic.servers.files`` on 127.0.0.1.
 2. Times (best of ``--repeat``, into a fresh folder each time):
    - one ``curl`` process fetching all files one after another (keep-alive), writing files;
    - ``curl -Z`` (parallel, ``--jobs`` connections) when this curl has it;
@@ -97,7 +97,7 @@ def _curl(cmd: list[str]) -> float:
 
 
 def _build(root: Path, files: int, size_mb: float) -> tuple[list[str], int]:
-    from pipeline.synthetic_archive import build_psa_archive
+    from pipeline.synthetic.psa_archive import build_psa_archive
 
     lines = max(2, round(size_mb * 1e6 / (BANDS * SAMPLES * 4)))
     products = build_psa_archive(root, datasets=[DATASET], products_per_dataset=files,
@@ -118,7 +118,7 @@ def main() -> int:
                         "connection, like a real archive link (0: skip)")
     args = parser.parse_args()
 
-    from pipeline.servers.static import serve_directory
+    from pipeline.synthetic.servers.files import serve_directory
 
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, python {platform.python_version()}")
@@ -153,7 +153,7 @@ def main() -> int:
 
 def _measure(tmp: Path, rels: list[str], args: argparse.Namespace, curl: str | None,
              bandwidth: float | None) -> list[tuple[str, float, float | None]]:
-    from pipeline.servers.static import Faults, serve_directory
+    from pipeline.synthetic.servers.files import Faults, serve_directory
 
     rows: list[tuple[str, float, float | None]] = []
     counter = iter(range(10**6))

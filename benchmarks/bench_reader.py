@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parsers import virtis
-from parsers.pds3_writer import Suffix, quote, write_qube_product
+from pipeline.synthetic.pds3_products import Suffix, quote, write_qube_product
 
 
 def make_cube(path: Path, bands: int, lines: int, samples: int, seed: int = 0) -> Path:

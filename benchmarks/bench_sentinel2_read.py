@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parsers import sentinel2
-from parsers.sentinel2_synthetic import write_band_files, write_safe_product
+from pipeline.synthetic.sentinel2_products import write_band_files, write_safe_product
 
 
 def _time(fn, repeat: int) -> tuple[float, object]:
@@ -60,9 +60,9 @@ def main() -> int:
                   f"{args.repeat} ({9 * mpix / seconds:.1f} Mpixel/s on the 10 m grid)")
 
         try:
-            from pipeline.servers.static import serve_directory
+            from pipeline.synthetic.servers.files import serve_directory
         except ImportError:
-            print("pipeline.servers.static not available: HTTP window read skipped")
+            print("pipeline.synthetic.servers.files not available: HTTP window read skipped")
             return 0
         cogs = root / "cogs"
         files = write_band_files(cogs, stem="item", size_10m=args.size, cog=True)

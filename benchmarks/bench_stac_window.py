@@ -30,7 +30,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from pipeline.download_sentinel2 import main as download
-    from pipeline.servers.stac import build_stac_catalogue, serve_stac_catalogue
+    from pipeline.synthetic.servers.stac import build_stac_catalogue, serve_stac_catalogue
 
     print(f"machine: {platform.platform()}, python {platform.python_version()}, "
           f"{os.cpu_count()} cpus")

@@ -39,7 +39,7 @@ BANDS, SAMPLES = 432, 256
 
 
 def make_cubes(workdir: Path, gb: float, lines: int) -> list[Path]:
-    from parsers.virtis_synthetic import write_virtis_product
+    from pipeline.synthetic.virtis_products import write_virtis_product
 
     workdir.mkdir(parents=True, exist_ok=True)
     size = BANDS * SAMPLES * lines * 4

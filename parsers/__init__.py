@@ -2,7 +2,7 @@
 
 This package has no network code and does not import torch. It also holds the few
 cross-cutting helpers every layer shares: :mod:`parsers.errors` (the one user-error
-type), :mod:`parsers.cli` (one-line error reporting for every ``python -m`` tool) and
+type), :mod:`parsers.errors` (one-line error reporting for every ``python -m`` tool) and
 :mod:`parsers.atomic` (write-to-temporary-then-rename).
 """
 

@@ -1,13 +1,20 @@
-"""The project's user-facing error type.
+"""The project's user-facing errors, and how every ``python -m`` tool reports them.
 
 Anything that is the user's (or the input file's) fault raises :class:`UserError` (or a
-subclass) with a one-line message naming the file or value and what is wrong. The CLI
-front in :mod:`parsers.cli` prints exactly that line and exits non-zero; no traceback.
+subclass) with a one-line message naming the file or value and what is wrong.
+``main(argv)`` functions are wrapped with :func:`cli_entry`: a :class:`UserError` becomes one
+line on stderr (``prog: error: message``) and exit status 2; warnings print as one line each;
+Ctrl-C exits 130. Bugs still show a traceback, on purpose.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
 
 
 class UserError(Exception):
@@ -25,3 +32,54 @@ class ProductError(UserError):
 
 class ParamsError(UserError):
     """A parameter in params.yaml or on the command line is missing or invalid."""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    stream = file if file is not None else sys.stderr
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(f"warning: {message}\n")
+
+
+def run_main(
+    func: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, prog: str
+) -> int:
+    """Call ``func(argv)`` and turn user errors into a one-line message and exit code."""
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        return int(func(argv) or 0)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: not an error. Silence the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        warnings.showwarning = previous
+
+
+def cli_entry(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable]:
+    """Decorate a ``main(argv) -> int`` so that it reports user errors as one line.
+
+    The decorated function keeps its signature, so tests call ``main([...])`` and check
+    the returned exit code and the captured stderr.
+    """
+
+    def decorate(func: Callable[[Sequence[str] | None], int]) -> Callable:
+        @functools.wraps(func)
+        def wrapper(argv: Sequence[str] | None = None) -> int:
+            return run_main(func, argv, prog)
+
+        return wrapper
+
+    return decorate

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from parsers.cli import cli_entry
 from parsers.errors import ProductError
 from parsers.pds3_label import Block, Quantity, read_label
 
@@ -890,13 +889,7 @@ def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool |
     return cube
 
 
-@cli_entry("python -m parsers.pds3")
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m parsers.pds3 FILE [--json] [--export OUT] [--band N --png OUT] ...``."""
-    from parsers.cube_cli import run_cli
-
-    return run_cli(argv, prog="python -m parsers.pds3", opener=read)
-
-
 if __name__ == "__main__":
+    from parsers.cli.pds3 import main
+
     raise SystemExit(main())

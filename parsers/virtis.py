@@ -13,7 +13,6 @@ import dataclasses
 import os
 import re
 import warnings
-from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from parsers import pds3
-from parsers.cli import cli_entry
 from parsers.errors import ProductError
 from parsers.virtis_geometry import GEO_NULL, GeoPlane, geometry_planes
 
@@ -311,13 +309,7 @@ def _apply_quirks(v: VirtisCube) -> None:
             warnings.warn(msg, pds3.LayoutWarning, stacklevel=3)
 
 
-@cli_entry("python -m parsers.virtis")
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m parsers.virtis FILE [--json] [--export OUT] [--band N --png OUT] ...``."""
-    from parsers.cube_cli import run_cli
-
-    return run_cli(argv, prog="python -m parsers.virtis", opener=read)
-
-
 if __name__ == "__main__":
+    from parsers.cli.virtis import main
+
     raise SystemExit(main())

@@ -36,8 +36,7 @@ from typing import Any
 
 import yaml
 
-from parsers.cli import cli_entry
-from parsers.errors import UserError
+from parsers.errors import UserError, cli_entry
 
 #: The checkout this module belongs to (it holds dvc.yaml and params.yaml).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -151,8 +150,8 @@ def build_archives(
     root: Path, sizes: ArchiveSizes = DEMO_SIZES, seed: int = 0
 ) -> tuple[Path, Path]:
     """Write the synthetic PSA archive and STAC catalogue under ``root``; return both roots."""
-    from pipeline.servers.stac import build_stac_catalogue
-    from pipeline.synthetic_archive import build_psa_archive
+    from pipeline.synthetic.psa_archive import build_psa_archive
+    from pipeline.synthetic.servers.stac import build_stac_catalogue
 
     psa_root = root / "psa"
     stac_root = root / "stac"
@@ -187,8 +186,8 @@ DEMO_DATASET = "RO-C-VIRTIS-3-ESC1-MTP010-V2.0"
 @contextlib.contextmanager
 def serving(psa_root: Path, stac_root: Path) -> Iterator[dict[str, str]]:
     """Serve both archives on 127.0.0.1 for the duration of the block; yield their URLs."""
-    from pipeline.servers.stac import serve_stac_catalogue
-    from pipeline.servers.static import serve_directory
+    from pipeline.synthetic.servers.files import serve_directory
+    from pipeline.synthetic.servers.stac import serve_stac_catalogue
 
     with serve_directory(psa_root) as pds_url, serve_stac_catalogue(stac_root) as stac_url:
         yield {"pds_url": str(pds_url), "stac_url": str(stac_url)}

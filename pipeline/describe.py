@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from parsers.cli import cli_entry
-from parsers.errors import UserError
+from parsers.errors import UserError, cli_entry
 
 EDGE_BANDS = 3
 

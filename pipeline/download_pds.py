@@ -37,8 +37,7 @@ import pvl
 import pvl.decoder
 import requests
 
-from parsers.cli import cli_entry
-from parsers.errors import UserError
+from parsers.errors import UserError, cli_entry
 from pipeline.fetch import (
     RETRY_STATUSES,
     FetchJob,

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from parsers.cli import EXIT_OK, cli_entry
-from parsers.errors import ParamsError, UserError
+from parsers.errors import EXIT_OK, ParamsError, UserError, cli_entry
 from parsers.sentinel2 import DEFAULT_BANDS, NATIVE_RESOLUTION
 from pipeline import manifest as mf
 from pipeline.params import DEFAULT_PARAMS, from_dict, load_section, read_params_file

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from parsers.atomic import atomic_open
-from parsers.cli import cli_entry
-from parsers.errors import UserError
+from parsers.errors import UserError, cli_entry
 from pipeline.params import DEFAULT_PARAMS, load_section
 from pipeline.products import SOURCES, ProductRef, check_source, list_products
 

@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 
 from parsers.atomic import atomic_open
-from parsers.cli import cli_entry
-from parsers.errors import ParamsError, UserError
+from parsers.errors import ParamsError, UserError, cli_entry
 from pipeline.params import DEFAULT_PARAMS, load_section, to_dict
 
 UINT16_BINS = 1 << 16

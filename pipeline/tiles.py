@@ -42,8 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from parsers.atomic import atomic_path
-from parsers.cli import cli_entry
-from parsers.errors import UserError
+from parsers.errors import UserError, cli_entry
 from pipeline.params import DEFAULT_PARAMS, load_section, to_dict
 from pipeline.products import SOURCES, Product, ProductRef, open_product, reader_options
 

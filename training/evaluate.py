@@ -47,8 +47,7 @@ import numpy as np
 import torch
 
 from parsers.atomic import atomic_open
-from parsers.cli import cli_entry
-from parsers.errors import ParamsError, ProductError, UserError
+from parsers.errors import ParamsError, ProductError, UserError, cli_entry
 from pipeline.params import from_dict, read_params_file, to_dict
 from training import baselines as BL
 from training import figures

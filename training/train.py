@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from parsers.cli import cli_entry
-from parsers.errors import ParamsError, ProductError, UserError
+from parsers.errors import ParamsError, ProductError, UserError, cli_entry
 from pipeline.params import DEFAULT_PARAMS, from_dict, read_params_file, to_dict
 from training.models import build_model, clean_state_dict, save_checkpoint
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from parsers.atomic import atomic_open, atomic_path
 from parsers.errors import UserError
+from parsers.pds3 import PLANE_KIND
 from parsers.pds3_label import Block, Quantity
 
 _OVERVIEW_BANDS = 8
@@ -151,8 +152,6 @@ def describe(cube: Any, stats: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def cube_kind(axis: str) -> str:
-    from parsers.pds3 import PLANE_KIND
-
     return PLANE_KIND[axis]
 
 

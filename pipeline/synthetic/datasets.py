@@ -73,7 +73,7 @@ def write_manifest(root: Path, source: str, files: dict[str, tuple[Path, dict]])
 def virtis_download_dir(root: Path, n: int = 4, bands: int = 24, lines: int = 40,
                         samples: int = 32, extra: dict | None = None) -> Path:
     """A download folder of ``n`` synthetic calibrated VIRTIS-M VIS cubes (+ one geo cube)."""
-    from parsers.virtis_synthetic import write_virtis_product
+    from pipeline.synthetic.virtis_products import write_virtis_product
 
     root.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -94,7 +94,7 @@ def s2_download_dir(root: Path, n: int = 3, size: int = 96) -> Path:
     """A download folder of ``n`` synthetic Sentinel-2 L2A SAFE folders."""
     import datetime as dt
 
-    from parsers.sentinel2_synthetic import write_safe_product
+    from pipeline.synthetic.sentinel2_products import write_safe_product
 
     root.mkdir(parents=True, exist_ok=True)
     files = {}

@@ -10,8 +10,8 @@
     <DATASET>/DATA/STPnnn/VIRTIS_M_VIS/V1_<SCLK>.QUB                  raw (kind "raw")
 
 (file prefix ``V`` for M-VIS, ``I`` for M-IR, ``T`` for H), with products written by
-:func:`parsers.virtis_synthetic.write_virtis_product`. Served by
-:func:`pipeline.servers.static.serve_directory`, it looks like the real archive to
+:func:`pipeline.synthetic.virtis_products.write_virtis_product`. Served by
+:func:`pipeline.synthetic.servers.files.serve_directory`, it looks like the real archive to
 ``pipeline.download_pds``: index-driven selection, or Apache listings for a data set built
 without an index (``no_index``), in upper or lower case (``lowercase``, like the PDS SBN).
 """
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from parsers.virtis_synthetic import write_virtis_product
+from pipeline.synthetic.virtis_products import write_virtis_product
 
 DEFAULT_DATASET = "RO-C-VIRTIS-3-ESC1-MTP010-V2.0"
 CHANNEL_PREFIX = {"VIRTIS_M_VIS": "V", "VIRTIS_M_IR": "I", "VIRTIS_H": "T"}

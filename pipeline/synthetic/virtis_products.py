@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from parsers.pds3_writer import Raw, Set, Suffix, quote, write_qube_product
 from parsers.virtis_geometry import GEO_NULL, geometry_planes, rosetta_planes, vex_planes
+from pipeline.synthetic.pds3_products import Raw, Set, Suffix, quote, write_qube_product
 
 CHANNELS = ("VIRTIS_M_VIS", "VIRTIS_M_IR", "VIRTIS_H")
 WAVELENGTH_RANGE_UM = {"VIRTIS_M_VIS": (0.22, 1.05), "VIRTIS_M_IR": (0.95, 5.10),

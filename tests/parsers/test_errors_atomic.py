@@ -8,8 +8,7 @@ import warnings
 import pytest
 
 from parsers.atomic import atomic_open, atomic_path
-from parsers.cli import EXIT_USER_ERROR, cli_entry
-from parsers.errors import ProductError, UserError
+from parsers.errors import EXIT_USER_ERROR, ProductError, UserError, cli_entry
 
 
 def test_atomic_open_replaces_only_on_success(tmp_path):

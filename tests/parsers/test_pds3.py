@@ -12,8 +12,7 @@ import pytest
 from parsers import pds3
 from parsers.errors import ProductError
 from parsers.pds3_label import parse_fast, parse_label_text, repair_missing_commas
-from parsers.pds3_writer import Raw, Suffix, quote, vax_f_bytes, write_qube_product
-from tests.conftest import realdata
+from pipeline.synthetic.pds3_products import Raw, Suffix, quote, vax_f_bytes, write_qube_product
 
 RNG = np.random.default_rng(42)
 FACE = {"BAND": ("LINE", "SAMPLE"), "SAMPLE": ("BAND", "LINE"), "LINE": ("BAND", "SAMPLE")}
@@ -175,7 +174,7 @@ def test_detached_label_with_missing_data_file(tmp_path):
         pds3.read(label)
 
 
-def test_real_vims_detached_label_reports_missing_data_file():
+def test_real_vims_detached_label_reports_missing_data_file(realdata):
     path = realdata("cassini_vims/v1487096932_1.lbl")
     with pytest.raises(ProductError, match=r"data file not found: v1487096932_1\.qub"):
         pds3.read(path)
@@ -249,7 +248,7 @@ def test_truncated_cal_message_names_needed_and_held_bytes(tmp_path):
     assert "FILE_RECORDS x RECORD_BYTES" in msg
 
 
-def test_real_vims_byte_accounting_with_corners():
+def test_real_vims_byte_accounting_with_corners(realdata):
     path = realdata("cassini_vims/v1815243432_1.qub")
     with pytest.warns(pds3.LayoutWarning, match="FILE_RECORDS"):
         cube = pds3.read(path)
@@ -261,7 +260,7 @@ def test_real_vims_byte_accounting_with_corners():
     assert cube.offset + nocorner[0].expected == 75_264  # pad 512: does not fit
 
 
-def test_real_vims_sideplane_only_ends_at_eof():
+def test_real_vims_sideplane_only_ends_at_eof(realdata):
     path = realdata("cassini_vims/v1477479472_1.qub")
     with pytest.warns(pds3.LayoutWarning, match="FILE_RECORDS x RECORD_BYTES = 141,312"):
         cube = pds3.read(path)
@@ -436,7 +435,7 @@ def _vims_by_hand(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return core, side, back
 
 
-def test_real_vims_against_numpy_by_hand_and_pyvims():
+def test_real_vims_against_numpy_by_hand_and_pyvims(realdata):
     path = realdata("cassini_vims/v1815243432_1.qub")
     cube = _quiet_read(path)
     core, side, back = _vims_by_hand(path)
@@ -451,7 +450,7 @@ def test_real_vims_against_numpy_by_hand_and_pyvims():
     np.testing.assert_array_equal(np.asarray(q.data).transpose(1, 0, 2), core)
 
 
-def test_real_vims_titan_against_pyvims():
+def test_real_vims_titan_against_pyvims(realdata):
     path = realdata("cassini_vims/v1477479472_1.qub")
     cube = _quiet_read(path)
     pyvims = pytest.importorskip("pyvims")

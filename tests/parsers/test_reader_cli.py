@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from parsers import pds3, virtis
-from parsers.virtis_synthetic import write_virtis_product
-from tests.conftest import REPO_ROOT, realdata
+from parsers import virtis
+from parsers.cli import pds3 as pds3_cli
+from parsers.cli import virtis as virtis_cli
+from pipeline.synthetic.virtis_products import write_virtis_product
 
-MAINS = {"virtis": virtis.main, "pds3": pds3.main}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+MAINS = {"virtis": virtis_cli.main, "pds3": pds3_cli.main}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def test_summary(cal, capsys, module):
 
 
 def test_json_has_the_documented_keys(cal, capsys):
-    assert virtis.main([str(cal), "--json"]) == 0
+    assert virtis_cli.main([str(cal), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     for key in ("bands", "lines", "samples", "core_type", "suffix_items", "valid_fraction",
                 "channel", "processing_level", "wavelength_range"):
@@ -50,12 +54,12 @@ def test_json_has_the_documented_keys(cal, capsys):
 
 def test_export_npy_and_h5(cal, tmp_path, capsys):
     out = tmp_path / "cube.npy"
-    assert virtis.main([str(cal), "--export", str(out)]) == 0
+    assert virtis_cli.main([str(cal), "--export", str(out)]) == 0
     want = virtis.read(cal).load()
     np.testing.assert_array_equal(np.load(out), want)
     h5py = pytest.importorskip("h5py")
     out5 = tmp_path / "cube.h5"
-    assert virtis.main([str(cal), "--export", str(out5)]) == 0
+    assert virtis_cli.main([str(cal), "--export", str(out5)]) == 0
     with h5py.File(out5, "r") as h5:
         np.testing.assert_array_equal(h5["core"][...], want)
         assert h5["backplanes"].shape == (1, 32, 64)
@@ -67,20 +71,20 @@ def test_export_npy_and_h5(cal, tmp_path, capsys):
 
 def test_png_and_spectrum(cal, tmp_path, capsys):
     png = tmp_path / "b.png"
-    assert virtis.main([str(cal), "--band", "100", "--png", str(png)]) == 0
+    assert virtis_cli.main([str(cal), "--band", "100", "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
-    assert pds3.main([str(cal), "--spectrum", "3", "4"]) == 0
+    assert pds3_cli.main([str(cal), "--spectrum", "3", "4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 433 and lines[0].startswith("#")
-    assert virtis.main([str(cal), "--spectrum", "3", "4"]) == 0
+    assert virtis_cli.main([str(cal), "--spectrum", "3", "4"]) == 0
     wl, value = capsys.readouterr().out.strip().splitlines()[1].split()
     assert 0.2 < float(wl) < 0.3 and float(value) > 0
 
 
-def test_real_vims_summary(capsys):
+def test_real_vims_summary(realdata, capsys):
     path = realdata("cassini_vims/v1815243432_1.qub")
-    assert pds3.main([str(path), "--json"]) == 0
+    assert pds3_cli.main([str(path), "--json"]) == 0
     captured = capsys.readouterr()
     info = json.loads(captured.out)
     assert info["interleave"] == "BIL" and info["suffix_layout"]["corners_stored"]
@@ -121,7 +125,7 @@ def test_usage_errors(cal, tmp_path, capsys):
                  [str(cal), "--export", str(tmp_path / "x.txt")],
                  [str(cal), "--spectrum", "99", "0"],
                  [str(cal), "--bogus"]):
-        assert virtis.main(argv) == 2
+        assert virtis_cli.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
     assert not list(tmp_path.iterdir())

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from parsers import pds3
 from parsers.errors import ProductError
 from parsers.pds3_label import parse_label_text
-from parsers.pds3_writer import Suffix, write_qube_product
+from pipeline.synthetic.pds3_products import Suffix, write_qube_product
 
 FAST = settings(max_examples=int(os.environ.get("READER_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

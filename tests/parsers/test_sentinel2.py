@@ -1,4 +1,4 @@
-"""Sentinel-2 reader: real sample files (../shared/realdata/sentinel2) and synthetic products."""
+"""Sentinel-2 reader: real sample files (tests/data/sentinel2) and synthetic products."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 rasterio = pytest.importorskip("rasterio")
 
 from parsers import sentinel2 as s2  # noqa: E402
+from parsers.cli import sentinel2 as s2_cli  # noqa: E402
 from parsers.errors import ParamsError, ProductError  # noqa: E402
-from parsers.sentinel2_synthetic import (  # noqa: E402
+from pipeline.synthetic.sentinel2_products import (  # noqa: E402
     synthetic_scene,
     write_band_files,
     write_multiband_geotiff,
     write_safe_product,
 )
-from tests.conftest import realdata  # noqa: E402
 
 S2 = "sentinel2"
 BIGEARTHNET = (
@@ -66,7 +66,7 @@ def _up(a: np.ndarray, k: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("patch", BIGEARTHNET)
-def test_bigearthnet_folder_stacks_and_resamples_pixel_exact(patch):
+def test_bigearthnet_folder_stacks_and_resamples_pixel_exact(realdata, patch):
     folder = realdata(f"{S2}/bigearthnet/{patch}")
     stack = s2.read(folder)
     assert stack.data.dtype == np.uint16 and stack.data.shape == (9, 120, 120)
@@ -84,7 +84,7 @@ def test_bigearthnet_folder_stacks_and_resamples_pixel_exact(patch):
     assert stack.scl is None
 
 
-def test_bigearthnet_other_band_sets_bilinear_and_window():
+def test_bigearthnet_other_band_sets_bilinear_and_window(realdata):
     patch = BIGEARTHNET[0]
     folder = realdata(f"{S2}/bigearthnet/{patch}")
     b8a_set = ("B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12")
@@ -113,7 +113,7 @@ def test_bigearthnet_other_band_sets_bilinear_and_window():
 # Real files: ukis-pysat L1C crops, PB 02.09 (no offset) vs 04.00 (-1000)
 
 
-def test_ukis_pysat_old_baseline_is_left_as_stored():
+def test_ukis_pysat_old_baseline_is_left_as_stored(realdata):
     tif = realdata(f"{S2}/ukis_pysat/{UKIS_OLD}.tif")
     stack = s2.read(tif)  # 13 bands, no descriptions: ESA order; MTD found beside it
     assert stack.baseline == "02.09" and stack.level == "L1C" and stack.offsets == {}
@@ -129,7 +129,7 @@ def test_ukis_pysat_old_baseline_is_left_as_stored():
     assert not stack.valid.all() and (stack.data[:, ~stack.valid] == 0).any(axis=0).all()
 
 
-def test_ukis_pysat_pb0400_offset_is_harmonised_from_the_mtd():
+def test_ukis_pysat_pb0400_offset_is_harmonised_from_the_mtd(realdata):
     tif = realdata(f"{S2}/ukis_pysat/{UKIS_NEW}.tif")
     meta = s2.parse_mtd(realdata(f"{S2}/ukis_pysat/{UKIS_NEW}_MTD.xml"))
     assert meta.baseline == "04.00" and meta.quantification == 10000
@@ -155,7 +155,7 @@ def test_ukis_pysat_pb0400_offset_is_harmonised_from_the_mtd():
     np.testing.assert_array_equal(raw_stack.data.astype(int) - 1000, stack.data)
 
 
-def test_offset_named_but_not_listed_warns_and_is_not_applied(tmp_path):
+def test_offset_named_but_not_listed_warns_and_is_not_applied(realdata, tmp_path):
     tif = realdata(f"{S2}/ukis_pysat/{UKIS_NEW}.tif")
     alone = tmp_path / tif.name
     shutil.copy(tif, alone)  # without its _MTD.xml
@@ -172,7 +172,7 @@ def test_offset_named_but_not_listed_warns_and_is_not_applied(tmp_path):
 
 
 @pytest.mark.parametrize("folder", sorted(SAFE_PRODUCTS))
-def test_safe_metadata_all_baselines(folder):
+def test_safe_metadata_all_baselines(realdata, folder):
     level, baseline, product_id, has_offset = SAFE_PRODUCTS[folder]
     safe = realdata(f"{S2}/safe/{folder}")
     meta = s2.parse_mtd(next(safe.glob("MTD_MSIL*.xml")))
@@ -189,63 +189,93 @@ def test_safe_metadata_all_baselines(folder):
 
 
 @pytest.mark.filterwarnings("ignore:band list")
-def test_t29unu_real_60m_jp2_window_with_scl():
+def test_t29unu_real_60m_jp2_window_with_scl(realdata):
     b04 = realdata(T29UNU_R60.format("B04"))
-    b8a = realdata(T29UNU_R60.format("B8A"))
     scl = realdata(T29UNU_R60.format("SCL"))
     safe = realdata(f"{S2}/safe/{T29UNU}")
     # 60 m pixels 500..520 (rows) x 700..724 (cols) = 10 m window (3000, 4200, 120, 144).
     window = (3000, 4200, 120, 144)
-    stack = s2.read(safe, bands=("B04", "B8A"), window=window)
+    stack = s2.read(safe, bands=("B04",), window=window)
     assert stack.crs.to_epsg() == 32629 and stack.level == "L2A" and stack.baseline == "04.00"
-    assert stack.data.shape == (2, 120, 144) and stack.resolution == 10.0
+    assert stack.data.shape == (1, 120, 144) and stack.resolution == 10.0
     assert (stack.transform.c, stack.transform.f) == (499980 + 4200 * 10, 5900040 - 3000 * 10)
     from rasterio.windows import Window
 
     cut = Window(700, 500, 24, 20)
-    for i, path in enumerate((b04, b8a)):
-        raw = _raw(path, window=cut).astype(int)
-        expected = np.where(raw > 0, np.clip(raw - 1000, 1, None), 0)
-        np.testing.assert_array_equal(stack.data[i], _up(expected, 6))
+    raw = _raw(b04, window=cut).astype(int)
+    expected = np.where(raw > 0, np.clip(raw - 1000, 1, None), 0)
+    np.testing.assert_array_equal(stack.data[0], _up(expected, 6))
     np.testing.assert_array_equal(stack.scl, _up(_raw(scl, window=cut), 6))
     assert set(np.unique(stack.scl)) <= set(s2.SCL_CLASSES)
     assert stack.usable().sum() == (stack.valid & s2.scl_mask(stack.scl)).sum()
 
 
 @pytest.mark.filterwarnings("ignore:band list")
-def test_t29unu_nodata_edge_is_invalid():
+def test_t29unu_nodata_edge_is_invalid(realdata):
     safe = realdata(f"{S2}/safe/{T29UNU}")
     raw = _raw(realdata(T29UNU_R60.format("B04")))
     rows, cols = np.nonzero(raw == 0)
     assert rows.size, "the real tile has a no-data edge"
     r, c = int(rows[0]), int(cols[0])
-    stack = s2.read(safe, bands=("B04", "B8A"), window=(r * 6, c * 6, 6, 6))
+    stack = s2.read(safe, bands=("B04",), window=(r * 6, c * 6, 6, 6))
     assert not stack.valid.any() and (stack.data[0] == 0).all()
 
 
 # ---------------------------------------------------------------------------------------------
-# Real files: sen2r multi-band crops (11-band BOA, 12-band TOA, nodata 65535, 20 m SCL)
+# Multi-band GeoTIFFs in the layout sen2r writes (11-band BOA, 12-band TOA, nodata 65535,
+# SCL on the 20 m grid), built from the real BigEarthNet pixels (sen2r's own sample files are
+# GPL-licensed, so they are not vendored).
 
 
-@pytest.mark.parametrize("date", ["20170703", "20190723"])
-def test_sen2r_boa_crops_with_scl(date):
-    boa = realdata(f"{S2}/sen2r_barbellino/S2A2A_{date}_022_Barbellino_BOA_10.tif")
-    scl = realdata(f"{S2}/sen2r_barbellino/S2A2A_{date}_022_Barbellino_SCL_10.tif")
-    stack = s2.read(boa, file_bands=SEN2R_BOA_BANDS, scl=scl)
-    assert stack.level == "L2A" and stack.data.shape == (9, 42, 24)
+def _multiband_from_patch(realdata, tmp_path: Path, bands: tuple[str, ...], name: str) -> Path:
+    """A 10 m multi-band GeoTIFF of BigEarthNet patch 0, nodata 65535 in its top-left corner."""
+    folder = realdata(f"{S2}/bigearthnet/{BIGEARTHNET[0]}")
+    planes = []
+    for band in bands:
+        if band == "B10":  # BigEarthNet L2A has no cirrus band: a plausible constant stands in
+            planes.append(np.full((120, 120), 17, np.uint16))
+            continue
+        plane = _raw(folder / f"{BIGEARTHNET[0]}_{band}.tif")
+        planes.append(_up(plane, 120 // plane.shape[0]))
+    data = np.stack(planes)
+    data[:, :8, :10] = 65535
+    with rasterio.open(folder / f"{BIGEARTHNET[0]}_B02.tif") as ref:
+        crs, transform = ref.crs, ref.transform
+    out = tmp_path / name
+    with rasterio.open(out, "w", driver="GTiff", width=120, height=120, count=len(bands),
+                       dtype="uint16", crs=crs, transform=transform, nodata=65535) as dst:
+        dst.write(data)
+    return out
+
+
+def _scl_20m(tmp_path: Path, boa: Path) -> tuple[Path, np.ndarray]:
+    classes = np.random.default_rng(4).choice([4, 5, 6, 8, 9], size=(60, 60)).astype(np.uint8)
     with rasterio.open(boa) as src:
-        raw = src.read()
-        assert src.nodata == 65535
+        transform = src.transform * src.transform.scale(2, 2)
+        crs = src.crs
+    out = tmp_path / "S2A2A_20170613_SCL_20.tif"
+    with rasterio.open(out, "w", driver="GTiff", width=60, height=60, count=1, dtype="uint8",
+                       crs=crs, transform=transform) as dst:
+        dst.write(classes, 1)
+    return out, classes
+
+
+def test_multiband_boa_with_nodata_and_20m_scl(tmp_path, realdata):
+    boa = _multiband_from_patch(realdata, tmp_path, SEN2R_BOA_BANDS, "S2A2A_20170613_BOA_10.tif")
+    scl, classes = _scl_20m(tmp_path, boa)
+    stack = s2.read(boa, file_bands=SEN2R_BOA_BANDS, scl=scl)
+    assert stack.level == "L2A" and stack.data.shape == (9, 120, 120)
+    raw = _raw_all(boa)
     for i, band in enumerate(s2.DEFAULT_BANDS):
         expected = raw[SEN2R_BOA_BANDS.index(band)].copy()
         expected[expected == 65535] = 0  # the file's nodata becomes our 0
         np.testing.assert_array_equal(stack.data[i], expected)
-    np.testing.assert_array_equal(stack.scl, _up(_raw(scl), 2))
-    assert stack.valid.mean() > 0.5
+    np.testing.assert_array_equal(stack.scl, _up(classes, 2))
+    assert not stack.valid[:8, :10].any() and stack.valid.mean() > 0.9
 
 
-def test_sen2r_toa_and_missing_band_order():
-    toa = realdata(f"{S2}/sen2r_barbellino/S2A1C_20170703_022_Barbellino_TOA_10.tif")
+def test_multiband_toa_and_missing_band_order(tmp_path, realdata):
+    toa = _multiband_from_patch(realdata, tmp_path, SEN2R_TOA_BANDS, "S2A1C_20170613_TOA_10.tif")
     stack = s2.read(toa, file_bands=SEN2R_TOA_BANDS)
     assert stack.level == "L1C"
     np.testing.assert_array_equal(stack.band("B12"), np.where(
@@ -254,6 +284,11 @@ def test_sen2r_toa_and_missing_band_order():
         s2.read(toa)
     with pytest.raises(ProductError, match="file_bands names 11 bands but the file has 12"):
         s2.read(toa, file_bands=SEN2R_BOA_BANDS)
+
+
+def _raw_all(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +371,7 @@ def test_synthetic_multiband_and_band_files(tmp_path):
 
 
 def test_stac_assets_local_and_over_http(tmp_path):
-    static = pytest.importorskip("pipeline.servers.static")
+    static = pytest.importorskip("pipeline.synthetic.servers.files")
     scene = synthetic_scene(96, 2)
     files = write_band_files(tmp_path, stem="item", size_10m=96, seed=2, cog=True,
                              with_offset=True, include_scl=True)
@@ -367,7 +402,7 @@ def test_stac_assets_local_and_over_http(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:band list")
 def test_http_window_fetches_only_part_of_a_cog(tmp_path):
-    static = pytest.importorskip("pipeline.servers.static")
+    static = pytest.importorskip("pipeline.synthetic.servers.files")
     files = write_band_files(tmp_path, stem="big", bands=("B02",), size_10m=384, cog=True)
     size = files["B02"].stat().st_size
     with static.serve_directory(tmp_path) as base:
@@ -453,7 +488,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:band list")
-def test_truncated_real_jp2_is_an_error_not_zeros(tmp_path):
+def test_truncated_real_jp2_is_an_error_not_zeros(realdata, tmp_path):
     # GDAL's threaded JPEG 2000 decoder returns zeros for a truncated tile unless told otherwise.
     jp2 = realdata(T29UNU_R60.format("B04"))
     cut = tmp_path / "T29UNU_20221005T115411_B04_60m.jp2"
@@ -470,17 +505,17 @@ def test_truncated_real_jp2_is_an_error_not_zeros(tmp_path):
 
 def test_cli_summary_json_and_export(tmp_path, capsys):
     product = write_safe_product(tmp_path, size_10m=48, zip=True)
-    assert s2.main([str(product)]) == 0
+    assert s2_cli.main([str(product)]) == 0
     out = capsys.readouterr().out
     assert "level       L2A   baseline 05.00   offset -1000 listed" in out
     assert "EPSG:32632  48 lines x 48 samples  10 m" in out
-    assert s2.main([str(product), "--json", "--export", str(tmp_path / "c.npy")]) == 0
+    assert s2_cli.main([str(product), "--json", "--export", str(tmp_path / "c.npy")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["shape"] == [9, 48, 48] and info["harmonised"] is True
     assert info["bands"] == list(s2.DEFAULT_BANDS) and 0.85 < info["valid_fraction"] < 1
     cube = np.load(tmp_path / "c.npy")
     assert cube.dtype == np.uint16 and cube.shape == (9, 48, 48)
-    assert s2.main([str(product), "--export", str(tmp_path / "c.tif"),
+    assert s2_cli.main([str(product), "--export", str(tmp_path / "c.tif"),
                     "--bands", "B02,B03,B04,B05,B06,B07,B8A,B11,B12"]) == 0
     capsys.readouterr()
     back = s2.read(tmp_path / "c.tif", bands=("B02", "B03", "B04", "B05", "B06", "B07", "B8A",
@@ -493,17 +528,17 @@ def test_cli_summary_json_and_export(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "x_B02.tif"
     bad.write_bytes(b"")
-    assert s2.main([str(bad)]) == 2
+    assert s2_cli.main([str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "python -m parsers.sentinel2: error: x_B02.tif: empty file (0 bytes)"
     product = write_safe_product(tmp_path, size_10m=48)
-    assert s2.main([str(product), "--bands", "B02,B99"]) == 2
+    assert s2_cli.main([str(product), "--bands", "B02,B99"]) == 2
     assert "unknown Sentinel-2 band name 'B99'" in capsys.readouterr().err
-    assert s2.main([str(product), "--export", str(tmp_path / "out.png")]) == 2
+    assert s2_cli.main([str(product), "--export", str(tmp_path / "out.png")]) == 2
     assert "export format must be .npy or .tif" in capsys.readouterr().err
     assert not (tmp_path / "out.png").exists()
     params = tmp_path / "params.yaml"
     params.write_text("sentinel2:\n  bands: [B02, B03, B04, B05, B06, B07, B8A, B11, B12]\n"
                       "  max_cloud: 30\n")
-    assert s2.main([str(product), "--params", str(params), "--json"]) == 0
+    assert s2_cli.main([str(product), "--params", str(params), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bands"][6] == "B8A"

@@ -10,7 +10,7 @@ import pytest
 from parsers import pds3, virtis
 from parsers.errors import ProductError
 from parsers.virtis_geometry import GEO_NULL, rosetta_planes
-from parsers.virtis_synthetic import (
+from pipeline.synthetic.virtis_products import (
     CAL_SPECIALS,
     dark_lines,
     line_scet,
@@ -184,15 +184,9 @@ def test_channel_from_file_name_when_label_lacks_it(tmp_path):
     assert _read(path).channel == "VIRTIS_M_IR"
 
 
-def test_non_virtis_and_truncated_products(tmp_path):
-    from pathlib import Path
-
-    from tests.conftest import REALDATA
-
-    vims = Path(REALDATA) / "cassini_vims" / "v1815243432_1.qub"
-    if vims.exists():
-        with pytest.raises(ProductError, match="not a VIRTIS product"):
-            virtis.read(vims)
+def test_non_virtis_and_truncated_products(tmp_path, realdata):
+    with pytest.raises(ProductError, match="not a VIRTIS product"):
+        virtis.read(realdata("cassini_vims/v1815243432_1.qub"))
     path = write_virtis_product(tmp_path / "V1_t.CAL", kind="cal", bands=432, samples=64,
                                 lines=8, truncate_bytes=100_000)
     with pytest.raises(ProductError, match=r"V1_t\.CAL: truncated: label needs 1,218,560 "

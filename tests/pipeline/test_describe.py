@@ -7,10 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import realdata
-from tile_fixtures import virtis_download_dir, write_manifest
 
 from pipeline import describe, split, stats, tiles
+from pipeline.synthetic.datasets import virtis_download_dir, write_manifest
 from training.data import TileDataset
 
 PARAMS = """
@@ -62,7 +61,7 @@ def test_describe_rejects_non_tile_file(tmp_path, capsys):
     assert "not a readable HDF5 file" in capsys.readouterr().err
 
 
-def test_real_sentinel2_bigearthnet_build(tmp_path, capsys):
+def test_real_sentinel2_bigearthnet_build(realdata, tmp_path, capsys):
     """Four real BigEarthNet patches (120 x 120, 9 bands) through the Sentinel-2 path."""
     base = realdata("sentinel2/bigearthnet")
     raw = tmp_path / "raw"

@@ -24,8 +24,8 @@ from pipeline.download_pds import (
 from pipeline.fetch import PART_SUFFIX
 from pipeline.manifest import Manifest
 from pipeline.params import ParamsError
-from pipeline.servers.static import Faults, serve_directory
-from pipeline.synthetic_archive import build_psa_archive, write_index
+from pipeline.synthetic.psa_archive import build_psa_archive, write_index
+from pipeline.synthetic.servers.files import Faults, serve_directory
 
 # Tiny synthetic cubes fit several byte layouts; the reader warns about that, which is fine here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*ambiguous layout")

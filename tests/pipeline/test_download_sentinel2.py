@@ -22,11 +22,11 @@ import rasterio
 
 from pipeline.download_sentinel2 import DownloadSentinel2Params, load_bands, main
 from pipeline.manifest import Manifest
-from pipeline.servers.stac import build_stac_catalogue, serve_stac_catalogue
-from pipeline.servers.static import Faults
-from tests.servers import cdse as fake_cdse
-from tests.servers import dhus as fake_dhus
-from tests.servers.products import make_products
+from pipeline.synthetic.servers import cdse as fake_cdse
+from pipeline.synthetic.servers import dhus as fake_dhus
+from pipeline.synthetic.servers.files import Faults
+from pipeline.synthetic.servers.sentinel2_hub import make_products
+from pipeline.synthetic.servers.stac import build_stac_catalogue, serve_stac_catalogue
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12"]
 
@@ -167,12 +167,11 @@ def test_stac_window_cap_and_rerun_downloads_nothing(tmp_path, catalogue):
     assert lost.is_file()
 
 
-def test_stac_on_real_bigearthnet_band_files(tmp_path):
+def test_stac_on_real_bigearthnet_band_files(realdata, tmp_path):
     """Real L2A band files (BigEarthNet, UTM 33N, no SCL, no raster:bands) as STAC assets."""
     from rasterio.warp import transform_bounds
 
     from pipeline.sentinel2_backends.stac import ASSET_KEYS
-    from tests.conftest import realdata
 
     name = "S2A_MSIL2A_20170613T101031_87_48"
     folder = realdata(f"sentinel2/bigearthnet/{name}")

@@ -16,7 +16,7 @@ from pipeline.params import load_section, read_params_file
 
 dvc_repo = pytest.importorskip("dvc.repo")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PARAMS = REPO_ROOT / "params.yaml"
 SOURCES = ("virtis", "sentinel2")
@@ -42,7 +42,7 @@ EMPTY_SECTIONS = ("virtis",)
 #: the params loader): they are deliberately not stage deps, so editing them reruns nothing.
 INFRASTRUCTURE = {
     "parsers/__init__.py", "pipeline/__init__.py", "training/__init__.py",
-    "parsers/errors.py", "parsers/cli.py", "parsers/atomic.py", "pipeline/params.py",
+    "parsers/errors.py", "parsers/atomic.py", "pipeline/params.py",
 }
 PACKAGES = ("parsers", "pipeline", "training")
 
@@ -69,6 +69,21 @@ def _module_file(module: str) -> str:
     return module.replace(".", "/") + ".py"
 
 
+def _is_main_guard(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``: runs only when the module is the entry point."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+
+
+def _walk_imported_code(tree: ast.AST):
+    """Every node of ``tree`` except those under a ``__main__`` guard."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(child for child in ast.iter_child_nodes(node) if not _is_main_guard(child))
+
+
 def project_imports(relpath: str, seen: set[str] | None = None) -> set[str]:
     """Project modules (repo-relative .py paths) that ``relpath`` imports, transitively."""
     seen = set() if seen is None else seen
@@ -76,7 +91,7 @@ def project_imports(relpath: str, seen: set[str] | None = None) -> set[str]:
         return seen
     seen.add(relpath)
     tree = ast.parse((REPO_ROOT / relpath).read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
+    for node in _walk_imported_code(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

@@ -33,7 +33,7 @@ from pipeline.manifest import (
     entries_for,
     locked_jobs,
 )
-from pipeline.servers.static import Faults, serve_directory
+from pipeline.synthetic.servers.files import Faults, serve_directory
 
 
 def _bytes(n: int, seed: int = 0) -> bytes:

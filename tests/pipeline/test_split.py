@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tile_fixtures import s2_download_dir, virtis_download_dir
 
 from pipeline.products import ProductRef
 from pipeline.split import SplitParams, assign, main, make_split, read_split, scene_key
+from pipeline.synthetic.datasets import s2_download_dir, virtis_download_dir
 
 
 def ids(n, start=0):

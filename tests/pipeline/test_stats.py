@@ -157,9 +157,8 @@ def test_format_q_keys():
 
 @pytest.fixture(scope="module")
 def virtis_refs(tmp_path_factory):
-    from tile_fixtures import virtis_download_dir
-
     from pipeline.products import list_products
+    from pipeline.synthetic.datasets import virtis_download_dir
 
     root = virtis_download_dir(tmp_path_factory.mktemp("raw"), n=4, bands=24, lines=40)
     return list_products(root, "virtis", ["cal"])
@@ -232,10 +231,9 @@ def write_split_file(tmp_path, source, root, test_fraction=0.25):
 
 
 def test_cli_stats_json_train_only(tmp_path, capsys):
-    from tile_fixtures import virtis_download_dir
-
     from pipeline.split import read_split
     from pipeline.stats import main
+    from pipeline.synthetic.datasets import virtis_download_dir
 
     root = virtis_download_dir(tmp_path / "raw", n=4, bands=16, lines=24, samples=16)
     params, split_path = write_split_file(tmp_path, "virtis", root)
@@ -257,10 +255,9 @@ def test_cli_stats_json_train_only(tmp_path, capsys):
 
 
 def test_sentinel2_synthetic_through_the_s2_path(tmp_path):
-    from tile_fixtures import s2_download_dir
-
     from pipeline.products import list_products
     from pipeline.stats import compute_stats, make_tasks
+    from pipeline.synthetic.datasets import s2_download_dir
 
     refs = list_products(s2_download_dir(tmp_path / "raw", n=2, size=48), "sentinel2")
     cube, valid = whole_array("sentinel2", refs)
@@ -275,8 +272,7 @@ def test_sentinel2_synthetic_through_the_s2_path(tmp_path):
     "sentinel2/bigearthnet/S2A_MSIL2A_20170613T101031_87_48",
     "sentinel2/ukis_pysat/S2B_MSIL1C_20200406T101559_N0209_R065_T32UPC_20200406T130159.tif",
 ])
-def test_real_sentinel2_samples(relative):
-    from conftest import realdata
+def test_real_sentinel2_samples(realdata, relative):
 
     from pipeline.products import ProductRef
     from pipeline.stats import product_partial

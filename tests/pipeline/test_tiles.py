@@ -8,9 +8,9 @@ import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
-from tile_fixtures import build
 
 from pipeline.products import ArrayProduct, ProductRef
+from pipeline.synthetic.datasets import build
 from pipeline.tiles import TileParams, tile_array, write_split_tiles
 
 
@@ -114,8 +114,8 @@ def test_tile_array_edges_are_not_padded():
 
 def test_raw_virtis_dark_lines_are_left_out(tmp_path):
     from parsers import virtis
-    from parsers.virtis_synthetic import write_virtis_product
     from pipeline.products import open_product
+    from pipeline.synthetic.virtis_products import write_virtis_product
 
     path = write_virtis_product(tmp_path / "V1_00388238696.QUB", kind="raw", bands=8,
                                 samples=16, lines=40, dark_rate=5)
@@ -129,8 +129,6 @@ def test_raw_virtis_dark_lines_are_left_out(tmp_path):
 
 
 def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypatch):
-    from tile_fixtures import virtis_download_dir
-
     from parsers import pds3
     from pipeline.products import list_products
     from pipeline.stats import (
@@ -141,6 +139,7 @@ def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypat
         product_metadata,
         stats_document,
     )
+    from pipeline.synthetic.datasets import virtis_download_dir
     from pipeline.tiles import VirtisTileParams
 
     def no_load(self):
@@ -161,8 +160,8 @@ def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypat
 def test_sentinel2_clouds_count_as_invalid_pixels(tmp_path):
     """L2A scene classes for clouds/shadows/no data make pixels invalid for the tile threshold."""
     from parsers import sentinel2
-    from parsers.sentinel2_synthetic import write_safe_product
     from pipeline.products import open_product
+    from pipeline.synthetic.sentinel2_products import write_safe_product
 
     safe = write_safe_product(tmp_path, level="L2A", size_10m=96, cloud_fraction=0.3, seed=3)
     stack = sentinel2.read(safe)

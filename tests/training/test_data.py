@@ -7,9 +7,9 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 import torch
-from tile_fixtures import build
 from torch.utils.data import DataLoader
 
+from pipeline.synthetic.datasets import build
 from training.data import MODES, Normaliser, TileDataset
 
 

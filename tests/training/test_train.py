@@ -18,7 +18,7 @@ from training.train import _loss_terms, main, split_train_val, tile_products
 
 h5py = pytest.importorskip("h5py")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--arch", "linear", "--latent", "16", "--widths", "4,4,4,8", "--workers", "0",
         "--device", "cpu", "--no-progress"]
 

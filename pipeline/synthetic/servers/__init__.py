@@ -1,8 +1,12 @@
-"""Loopback HTTP servers (127.0.0.1 only) used by the offline demo and by the tests.
+"""Loopback HTTP servers (127.0.0.1 only) for the offline demo and the tests.
 
-- :mod:`pipeline.servers.static`: a static file tree with Range, HEAD, Apache-style
-  listings and fault injection (an imitation of the PSA / PDS archive web servers).
-- :mod:`pipeline.servers.stac`: a STAC API imitation over synthetic COGs.
+- :mod:`~pipeline.synthetic.servers.files`: a static file tree with Range, HEAD, Apache-style
+  listings and fault injection (the fake PSA / PDS archive web server, and a COG host);
+- :mod:`~pipeline.synthetic.servers.stac`: a STAC API imitation over synthetic COGs;
+- :mod:`~pipeline.synthetic.servers.cdse`: Copernicus Data Space OData catalogue, token, download;
+- :mod:`~pipeline.synthetic.servers.dhus`: an ESA DHuS hub as sentinelsat talks to it;
+- :mod:`~pipeline.synthetic.servers.sentinel2_hub`: the SAFE zips the CDSE and DHuS imitations
+  serve, and their shared HTTP plumbing.
 
 :func:`serve_handler` is the one place that runs a handler on a free port in a thread.
 """

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from pipeline.servers import QuietHandler
-from tests.servers.products import FakeProduct, send, send_ranged, serve
+from pipeline.synthetic.servers import QuietHandler
+from pipeline.synthetic.servers.sentinel2_hub import FakeProduct, send, send_ranged, serve
 
 USER, PASSWORD = "alice@example.org", "s3cret-pw"
 

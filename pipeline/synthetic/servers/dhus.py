@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.servers import QuietHandler
-from tests.servers.products import FakeProduct, send, send_ranged, serve
+from pipeline.synthetic.servers import QuietHandler
+from pipeline.synthetic.servers.sentinel2_hub import FakeProduct, send, send_ranged, serve
 
 USER, PASSWORD = "bob", "hub-pass"
 

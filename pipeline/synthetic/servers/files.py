@@ -30,7 +30,7 @@ from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from pipeline.servers import LoopbackServer, QuietHandler, serve_handler
+from pipeline.synthetic.servers import LoopbackServer, QuietHandler, serve_handler
 
 SEND_CHUNK = 1 << 20
 
@@ -135,7 +135,7 @@ class ServerURL(str):
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.I)
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     """(start, end inclusive), None for "no usable range" (send all), "unsat" for 416."""
     m = _RANGE.match(header)
     if not m or (not m.group(1) and not m.group(2)):
@@ -260,7 +260,7 @@ def _make_handler(root: Path, faults: Faults, log: list[RequestRecord], lock: th
             if if_range is not None and if_range != modified:
                 rng = None  # changed since the client's copy: send it all
             if rng and not faults.ignores_range(rel):
-                parsed = _parse_range(rng, size)
+                parsed = parse_range(rng, size)
                 if parsed == "unsat":
                     self._simple(rel, 416, {"Content-Range": f"bytes */{size}"})
                     return

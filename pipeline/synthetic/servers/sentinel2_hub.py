@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from parsers.sentinel2_synthetic import write_safe_product
-from pipeline.servers import QuietHandler, serve_handler
-from pipeline.servers.static import _parse_range
+from pipeline.synthetic.sentinel2_products import write_safe_product
+from pipeline.synthetic.servers import QuietHandler, serve_handler
+from pipeline.synthetic.servers.files import parse_range
 
 
 @dataclass
@@ -69,7 +69,7 @@ def send_ranged(handler: BaseHTTPRequestHandler, data: bytes,
     rng = handler.headers.get("Range")
     extra = {"Accept-Ranges": "bytes", **(headers or {})}
     if rng:
-        parsed = _parse_range(rng, len(data))
+        parsed = parse_range(rng, len(data))
         if parsed == "unsat":
             send(handler, 416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
             return

@@ -10,7 +10,7 @@ Used by the offline demo and by the tests of the ``stac`` download backend:
 * :func:`serve_stac_catalogue` serves it as a STAC API (landing page, ``/conformance``,
   ``/collections``, ``/search`` GET + POST with ``bbox``/``datetime``/``ids``/``query``
   filters and ``next``-link paging) and serves the COG files with HTTP Range support through
-  :mod:`pipeline.servers.static`, so rasterio reads only the windows it needs.
+  :mod:`pipeline.synthetic.servers.files`, so rasterio reads only the windows it needs.
 
 Layout under ``root``: ``collections/<collection>.json``, ``items/<item id>.json`` (asset
 hrefs relative to ``root``; the server makes them absolute) and ``data/<item id>/<asset>.tif``.
@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from parsers.atomic import atomic_open
 from parsers.sentinel2 import NATIVE_RESOLUTION
 from pipeline.sentinel2_backends.stac import ASSET_KEYS
-from pipeline.servers import QuietHandler, serve_handler
+from pipeline.synthetic.servers import QuietHandler, serve_handler
 
 # Earth Search v1 asset key -> (Sentinel-2 band, native resolution in metres).
 ASSET_BANDS: dict[str, tuple[str, int]] = {
@@ -73,14 +73,14 @@ def build_stac_catalogue(
     overlap by half. It is dated ``start + 10 * i`` days, has cloud cover
     ``cloud_cover[i % len]`` (default cycle 5, 20, 60 %) and carries the -1000 DN offset
     (``raster:bands`` offset -0.1) when ``processing_baseline`` >= 04.00. Band data come
-    from :func:`parsers.sentinel2_synthetic.write_band_files` (COGs, seed ``seed + i``).
+    from :func:`pipeline.synthetic.sentinel2_products.write_band_files` (COGs, seed ``seed + i``).
     Returns ``root``.
     """
     from rasterio.transform import from_origin
     from rasterio.warp import transform_bounds, transform_geom
 
     from parsers.sentinel2 import baseline_has_offset
-    from parsers.sentinel2_synthetic import product_name, write_band_files
+    from pipeline.synthetic.sentinel2_products import product_name, write_band_files
 
     unknown = [a for a in assets if a not in ASSET_BANDS]
     if unknown:
@@ -359,7 +359,7 @@ class _StacHandler(QuietHandler):
 
 class StacURL(str):
     """The STAC API root URL; ``.files`` is the static file server's
-    :class:`~pipeline.servers.static.ServerURL` (its ``.log`` lists every COG request)."""
+    :class:`~pipeline.synthetic.servers.files.ServerURL` (its ``.log`` lists every COG request)."""
 
     files: Any
     log: list[tuple[str, str]]
@@ -372,13 +372,13 @@ def serve_stac_catalogue(
     """Serve the catalogue under ``root`` on 127.0.0.1; yield the STAC API root URL.
 
     The API runs on its own ephemeral port; asset hrefs point at a
-    :func:`pipeline.servers.static.serve_directory` server over ``root`` (Range, HEAD) that
-    injects ``faults`` (a :class:`pipeline.servers.static.Faults`, e.g. 503s on the COGs).
+    :func:`pipeline.synthetic.servers.files.serve_directory` server over ``root`` (Range, HEAD) that
+    injects ``faults`` (a :class:`pipeline.synthetic.servers.files.Faults`, e.g. 503s on the COGs).
     ``page_cap`` caps the page size the API accepts (to exercise paging). The yielded URL
     carries ``.files`` (the file server URL, with its request log) and ``.log`` (API
     requests as (method, path) pairs).
     """
-    from pipeline.servers.static import serve_directory
+    from pipeline.synthetic.servers.files import serve_directory
 
     root = Path(root)
     if not (root / "items").is_dir():
