@@ -597,13 +597,21 @@ def _preference(c: Layout, prefer_corners: bool, prefer_item_width: bool,
 
 
 def choose_layout(
-    path: Path, candidates: list[Layout], available: int, record_bytes: int, *,
+    path: Path, candidates: list[Layout], available: int | Sequence[int], record_bytes: int, *,
     prefer_corners: bool, prefer_item_width: bool, item_widths: dict[str, int],
     context: str, line_bytes: list[int] | None,
 ) -> tuple[Layout, list[str]]:
-    """Apply the fit rule of §5 and return (layout, warnings); ProductError if none fits."""
+    """Apply the fit rule of ``docs/virtis-format.md`` (size checks) and return
+    (layout, warnings); ProductError if none fits.
+
+    ``available``: the bytes a layout may use, one number for all candidates or one per
+    candidate (a following object bounds each candidate at its own computed end).
+    """
     tolerance = max(record_bytes, 1)
-    fits = [c for c in candidates if c.expected <= available and available - c.expected < tolerance]
+    avail = ([int(available)] * len(candidates) if isinstance(available, int)
+             else [int(a) for a in available])
+    fits = [c for c, a in zip(candidates, avail, strict=True)
+            if c.expected <= a and a - c.expected < tolerance]
     notes: list[str] = []
 
     def preferred(c: Layout) -> tuple[int, int]:
@@ -616,30 +624,50 @@ def choose_layout(
         notes.append(
             "ambiguous layout: " + "; ".join(f"{c.describe()} = {_fmt(c.expected)} B"
                                              for c in fits)
-            + f" all fit {_fmt(available)} available bytes; using {best.describe()}")
+            + f" all fit {_fmt(max(avail))} available bytes; using {best.describe()}")
         return best, notes
-    needs = sorted({c.expected for c in candidates})
-    if all(c.expected > available for c in candidates):
-        first = max(candidates, key=preferred)
-        detail = "; ".join(f"{c.describe()}: {_fmt(c.expected)}" for c in candidates)
-        hint = ""
-        if line_bytes and any(0 <= available - (c.expected - lb) < tolerance
-                              for c, lb in zip(candidates, line_bytes, strict=True)):
-            hint = " (one line short: V1.0 level-2 products have this EGSE bug)"
-        msg = (f"truncated: label needs {_fmt(first.expected)} data bytes, file holds "
-               f"{_fmt(available)}{hint} [candidates {detail}; {context}]")
-        if len(needs) == 1:
-            msg = (f"truncated: label needs {_fmt(first.expected)} data bytes, file holds "
-                   f"{_fmt(available)}{hint} [{context}]")
-        raise ProductError(path, msg)
     detail = "; ".join(f"{c.describe()}: {_fmt(c.expected)}" for c in candidates)
+    if all(c.expected > a for c, a in zip(candidates, avail, strict=True)):
+        first = max(candidates, key=preferred)
+        held = avail[candidates.index(first)]
+        hint = ""
+        if line_bytes and any(0 <= a - (c.expected - lb) < tolerance
+                              for c, lb, a in zip(candidates, line_bytes, avail, strict=True)):
+            hint = "; one line short: V1.0 level-2 products have this EGSE bug"
+        head = (f"truncated: label needs {_fmt(first.expected)} data bytes, file holds "
+                f"{_fmt(held)} ({_fmt(first.expected - held)} bytes short{hint})")
+        many = len({c.expected for c in candidates}) > 1
+        raise ProductError(path, f"{head} [{'candidates ' + detail + '; ' if many else ''}"
+                                 f"{context}]")
     raise ProductError(
-        path, f"no layout fits: expected {detail} data bytes, {_fmt(available)} available "
+        path, f"no layout fits: expected {detail} data bytes, {_fmt(max(avail))} available "
               f"(padding must stay below {record_bytes} bytes) [{context}]")
 
 
+def layout_bounds(offset: int, file_size: int, candidates: Sequence[Layout],
+                  others: Sequence[tuple[str, int]]) -> list[int]:
+    """Bytes each candidate may use: up to the first other object that starts at or after
+    the candidate's computed end, else up to the end of the file.
+
+    An object pointer that falls inside the computed span does not bound it (labels of
+    cropped files keep stale pointers); :func:`overlapping_objects` reports those.
+    """
+    out = []
+    for c in candidates:
+        end = offset + c.expected
+        out.append(min([o for _, o in others if o >= end] + [file_size]) - offset)
+    return out
+
+
+def overlapping_objects(offset: int, nbytes: int,
+                        others: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """(pointer name, byte offset) of the other objects starting in [offset, offset + nbytes)."""
+    return [(n, o) for n, o in others if offset <= o < offset + nbytes]
+
+
 # --------------------------------------------------------------------------- opening
-def _find_qube(label: Block, path: Path) -> tuple[str, Block, Any]:
+def _find_qube(label: Block, path: Path) -> tuple[str, Block, str]:
+    """(object name, QUBE block, pointer key) of the product's one QUBE object."""
     objs = [(k, b) for k, b in label.objects() if k.endswith("QUBE")]
     if not objs:
         raise ProductError(path, "no QUBE object in the label (not a PDS3 QUBE product)")
@@ -647,14 +675,13 @@ def _find_qube(label: Block, path: Path) -> tuple[str, Block, Any]:
         raise ProductError(path, f"{len(objs)} QUBE objects (the pre-2008 VEX two-qube "
                                  "calibrated format) are not supported")
     name, block = objs[0]
-    ptr = label.get("^" + name)
-    if ptr is None:
+    key = "^" + name
+    if key not in label:
         ptrs = [k for k in label if k.startswith("^") and k.endswith("QUBE")]
-        if len(ptrs) == 1:
-            ptr = label[ptrs[0]]
-    if ptr is None:
-        raise ProductError(path, f"no ^{name} pointer in the label")
-    return name, block, ptr
+        if len(ptrs) != 1:
+            raise ProductError(path, f"no ^{name} pointer in the label")
+        key = ptrs[0]
+    return name, block, key
 
 
 def _resolve_file(label_path: Path, name: str) -> Path:
@@ -700,31 +727,68 @@ def resolve_pointer(label: Block, ptr: Any, path: Path, record_bytes: int | None
     return Pointer(path, offset_of(ptr), False)
 
 
-def _other_offsets(label: Block, path: Path, data_path: Path, record_bytes: int | None,
-                   name: str) -> list[int]:
+def other_objects(label: Block, path: Path, data_path: Path, record_bytes: int | None,
+                  skip: str) -> list[tuple[str, int]]:
+    """(pointer name without ``^``, byte offset) of every other object in ``data_path``.
+
+    Pointers that cannot be resolved (``.fmt`` structure files, other files) are left out.
+    """
     out = []
     for key, val in label.items():
-        if not key.startswith("^") or key == "^" + name:
+        if not key.startswith("^") or key == skip:
             continue
         try:
             p = resolve_pointer(label, val, path, record_bytes)
-        except Exception:
+        except (ProductError, ValueError, TypeError):
             continue
         if p.data_path == data_path:
-            out.append(p.offset)
+            out.append((key[1:], p.offset))
     return out
 
 
+NOT_DEFINED = ("N/A", "NULL", "UNK", "NONE", "")
+
+
+def label_number(value: Any) -> float | None:
+    """A label value as a float: numbers, ``<units>`` values and quoted numbers
+    (``"-1004.0"``); None when the value is not a number (``"NULL"``, ``"N/A"``, other text)."""
+    if value is None:
+        return None
+    if isinstance(value, Quantity):
+        value = value.value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def _float_or_none(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        return float(_num(v))
-    except ValueError:
-        return None
+    return label_number(v)
 
 
-def _suffix_items(qube: Block, axis: str, count: int, core_type: str) -> list[SuffixItem]:
+def _undefined_note(key: str, value: Any) -> str | None:
+    """A warning for a keyword whose text is neither a number nor a PDS 'not defined'."""
+    if value is None or label_number(value) is not None:
+        return None
+    if isinstance(value, str) and value.strip().upper() in NOT_DEFINED:
+        return None
+    return f"{key} = {value!r} is not a number; taken as not defined"
+
+
+def _suffix_items(qube: Block, axis: str, count: int, core_type: str,
+                  default_type: str | None = None) -> tuple[list[SuffixItem], list[str]]:
+    """The suffix items of one axis and the warnings their keywords raise.
+
+    A missing ``<AXIS>_SUFFIX_ITEM_TYPE`` is read as ``default_type`` when the caller knows
+    the product, else as an unsigned integer of the stated width in the core's byte order
+    (what the VIRTIS team's IDL reader does), with a warning.
+    """
     prefix = f"{axis}_SUFFIX_"
 
     def per_item(key: str, default: Any) -> list[Any]:
@@ -736,54 +800,86 @@ def _suffix_items(qube: Block, axis: str, count: int, core_type: str) -> list[Su
             raise ValueError(f"{prefix + key} has {len(vals)} values for {count} items")
         return vals[:count]
 
+    notes: list[str] = []
     names = per_item("NAME", f"{axis}_SUFFIX")
     nbytes = per_item("ITEM_BYTES", qube.get("SUFFIX_BYTES", 4))
-    types = per_item("ITEM_TYPE", core_type)
+    types = per_item("ITEM_TYPE", None)
     bases = per_item("BASE", 0.0)
     mults = per_item("MULTIPLIER", 1.0)
     items = []
     for j in range(count):
         nb = _int(nbytes[j], f"{prefix}ITEM_BYTES")
+        type_name = types[j]
+        if type_name is None:
+            order = "LSB" if core_type.split("_", 1)[0] in _LITTLE else "MSB"
+            type_name = default_type or f"{order}_UNSIGNED_INTEGER"
+            if j == 0:
+                notes.append(f"{prefix}ITEM_TYPE missing: reading the {PLANE_KIND[axis]} "
+                             f"items as {type_name} of {nb} bytes")
         try:
-            dt = item_dtype(types[j], nb)
+            dt = item_dtype(type_name, nb)
         except ValueError as exc:
             raise ValueError(f"{prefix}ITEM_TYPE: {exc}") from None
-        items.append(SuffixItem(str(names[j]), dt, nb, float(_num(bases[j])),
-                                float(_num(mults[j]))))
-    return items
+        base, mult = label_number(bases[j]), label_number(mults[j])
+        items.append(SuffixItem(str(names[j]), dt, nb, 0.0 if base is None else base,
+                                1.0 if mult is None else mult))
+    return items, notes
 
 
 def read(
     path: str | os.PathLike[str], *, allow_short: bool = False,
     prefer_corners: bool | None = None, prefer_item_width: bool = False,
+    suffix_type_defaults: dict[str, str] | None = None,
 ) -> Cube:
     """Open a PDS3 QUBE (attached or detached label). Reads the label only.
 
     ``allow_short``: a file whose last lines are missing opens with the complete lines and
     a warning (line-outermost layouts only). ``prefer_corners`` / ``prefer_item_width``
     break ties between layouts that all fit the file (the producer defaults); by default
-    corners are assumed stored only for Cassini VIMS. Raises ProductError on bad input.
+    corners are assumed stored only for Cassini VIMS. ``suffix_type_defaults`` maps an
+    axis ("BAND", "SAMPLE", "LINE") to the item type to assume when the label gives none.
+    Raises ProductError on bad input.
     """
     path = Path(path)
     label, _ = read_label(path)
     try:
         return _open(path, label, allow_short=allow_short, prefer_corners=prefer_corners,
-                     prefer_item_width=prefer_item_width)
+                     prefer_item_width=prefer_item_width,
+                     suffix_type_defaults=suffix_type_defaults or {})
     except ProductError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as exc:
         raise ProductError(path, f"invalid QUBE label: {exc}") from None
 
 
-def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool | None,
-          prefer_item_width: bool) -> Cube:
-    name, qube, ptr = _find_qube(label, path)
+@dataclass
+class QubeLabel:
+    """What the label says about the QUBE object, before any look at the file size."""
+
+    name: str
+    block: Block
+    pointer_key: str
+    pointer: Pointer
+    record_bytes: int | None
+    axes: tuple[str, str, str]
+    sizes: dict[str, int]
+    core_type: str
+    core_dtype: np.dtype
+    counts: list[int]
+    suffix_bytes: int
+    suffix: dict[str, list[SuffixItem]]
+    notes: list[str]
+
+
+def qube_label(path: Path, label: Block, suffix_type_defaults: dict[str, str] | None = None
+               ) -> QubeLabel:
+    """Parse and check the QUBE object's keywords; ProductError/ValueError when invalid."""
+    name, qube, ptr_key = _find_qube(label, path)
     record_bytes = label.get("RECORD_BYTES")
     record_bytes = _int(record_bytes, "RECORD_BYTES") if record_bytes is not None else None
     if record_bytes is not None and record_bytes <= 0:
         raise ProductError(path, f"RECORD_BYTES = {record_bytes} is not positive")
-    pointer = resolve_pointer(label, ptr, path, record_bytes)
-
+    pointer = resolve_pointer(label, label[ptr_key], path, record_bytes)
     naxes = _int(qube.get("AXES", 3), "AXES")
     axes = tuple(str(a).strip().upper() for a in _seq(qube.get("AXIS_NAME", [])))
     if naxes != 3 or len(axes) != 3 or sorted(axes) != sorted(AXIS_NAMES):
@@ -794,11 +890,10 @@ def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool |
         raise ProductError(path, f"CORE_ITEMS = {qube.get('CORE_ITEMS')!r} needs 3 values")
     if min(items) <= 0 or math.prod(items) > MAX_CORE_ITEMS:
         raise ProductError(path, f"absurd dimensions: CORE_ITEMS = {tuple(items)}")
-    sizes = dict(zip(axes, items, strict=True))
     core_type = str(qube.get("CORE_ITEM_TYPE", "")).strip().upper()
-    core_bytes = _int(qube.get("CORE_ITEM_BYTES", 0), "CORE_ITEM_BYTES")
     try:
-        core_dtype = item_dtype(core_type, core_bytes)
+        core_dtype = item_dtype(core_type, _int(qube.get("CORE_ITEM_BYTES", 0),
+                                                "CORE_ITEM_BYTES"))
     except ValueError as exc:
         raise ProductError(path, f"CORE_ITEM_TYPE: {exc}") from None
     counts = [_int(v, "SUFFIX_ITEMS") for v in _seq(qube.get("SUFFIX_ITEMS", [0, 0, 0]))]
@@ -807,82 +902,128 @@ def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool |
     suffix_bytes = _int(qube.get("SUFFIX_BYTES", 4), "SUFFIX_BYTES")
     if counts != [0, 0, 0] and not 1 <= suffix_bytes <= 64:
         raise ProductError(path, f"invalid SUFFIX_BYTES = {suffix_bytes}")
-    suffix = {a: _suffix_items(qube, a, c, core_type) for a, c in zip(axes, counts, strict=True)
-              if c}
-    for a, its in suffix.items():
-        for it in its:
-            if it.nbytes <= 0 or it.nbytes > 64:
-                raise ProductError(path, f"invalid {a}_SUFFIX_ITEM_BYTES = {it.nbytes}")
+    suffix, notes = {}, []
+    for a, c in zip(axes, counts, strict=True):
+        if c:
+            suffix[a], more = _suffix_items(qube, a, c, core_type,
+                                            (suffix_type_defaults or {}).get(a))
+            notes += more
+            bad = [it.nbytes for it in suffix[a] if not 0 < it.nbytes <= 64]
+            if bad:
+                raise ProductError(path, f"invalid {a}_SUFFIX_ITEM_BYTES = {bad[0]}")
+    return QubeLabel(name, qube, ptr_key, pointer, record_bytes, axes,
+                     dict(zip(axes, items, strict=True)), core_type, core_dtype, counts,
+                     suffix_bytes, suffix, notes)
 
-    try:
-        file_size = os.path.getsize(pointer.data_path)
-    except OSError as exc:
-        raise ProductError(pointer.data_path, f"cannot read: {exc.strerror or exc}") from None
-    end = file_size
-    for off in _other_offsets(label, path, pointer.data_path, record_bytes, name):
-        if pointer.offset < off < end:
-            end = off
-    if pointer.offset > file_size:
-        raise ProductError(path, f"truncated: the QUBE pointer (byte {_fmt(pointer.offset)}) "
-                                 f"is past the end of the file ({_fmt(file_size)} bytes)")
-    available = end - pointer.offset
-    candidates = candidate_layouts(axes, sizes, core_bytes, suffix, suffix_bytes)
+
+def _context(q: QubeLabel, label: Block, file_size: int) -> str:
+    """The label facts an error message about the byte layout quotes."""
     file_records = label.get("FILE_RECORDS")
     fr_text = "FILE_RECORDS n/a"
-    if file_records is not None and record_bytes:
-        with_fr = _int(file_records, "FILE_RECORDS") * record_bytes
+    if file_records is not None and q.record_bytes:
+        with_fr = _int(file_records, "FILE_RECORDS") * q.record_bytes
         fr_text = f"FILE_RECORDS x RECORD_BYTES = {_fmt(with_fr)}"
-    context = (f"QUBE at byte {_fmt(pointer.offset)} of {pointer.data_path.name} "
-               f"({_fmt(file_size)} bytes); {fr_text}; CORE_ITEMS = {tuple(items)} "
-               f"{'/'.join(axes)}; SUFFIX_ITEMS = {tuple(counts)}; SUFFIX_BYTES = {suffix_bytes}")
-    instrument = str(label.get("INSTRUMENT_ID", qube.get("INSTRUMENT_ID", ""))).upper()
-    if prefer_corners is None:
-        prefer_corners = instrument == "VIMS"
-    item_widths = {a: max(it.nbytes for it in its) for a, its in suffix.items()}
-    line_outer = axes[2] == "LINE"
+    return (f"{q.name} at byte {_fmt(q.pointer.offset)} of {q.pointer.data_path.name} "
+            f"({_fmt(file_size)} bytes); {fr_text}; CORE_ITEMS = "
+            f"{tuple(q.sizes[a] for a in q.axes)} {'/'.join(q.axes)}; SUFFIX_ITEMS = "
+            f"{tuple(q.counts)}; SUFFIX_BYTES = {q.suffix_bytes}")
+
+
+def decide_layout(
+    path: Path, label: Block, q: QubeLabel, file_size: int, *, allow_short: bool = False,
+    prefer_corners: bool = False, prefer_item_width: bool = False,
+) -> tuple[Layout, int, list[str]]:
+    """(layout, complete lines, warnings) from the label arithmetic and the file size.
+
+    The QUBE's end is computed from the label first; another object's pointer bounds the
+    QUBE only when it starts at or after that end. A pointer inside the QUBE's span while
+    the file holds the QUBE's bytes is a warning naming both objects (stale pointer).
+    """
+    offset = q.pointer.offset
+    if offset > file_size:
+        raise ProductError(path, f"truncated: the {q.name} pointer (byte {_fmt(offset)}) is "
+                                 f"past the end of the file ({_fmt(file_size)} bytes)")
+    others = other_objects(label, path, q.pointer.data_path, q.record_bytes, q.pointer_key)
+    core_bytes = q.core_dtype.itemsize
+    candidates = candidate_layouts(q.axes, q.sizes, core_bytes, q.suffix, q.suffix_bytes)
+    bounds = layout_bounds(offset, file_size, candidates, others)
+    item_widths = {a: max(it.nbytes for it in its) for a, its in q.suffix.items()}
+    line_outer = q.axes[2] == "LINE"
+    planes = {id(c): _structured(q.axes, q.sizes, q.core_dtype, q.suffix, c)["plane"].itemsize
+              for c in candidates} if line_outer else {}
     warn: list[str] = []
-    lines_available = sizes["LINE"]
+    lines = q.sizes["LINE"]
     try:
-        line_bytes = ([_structured(axes, sizes, core_dtype, suffix, c)["plane"].itemsize
-                       for c in candidates] if line_outer else None)
         layout, notes = choose_layout(
-            path, candidates, available, record_bytes or 512, prefer_corners=prefer_corners,
-            prefer_item_width=prefer_item_width, item_widths=item_widths, context=context,
-            line_bytes=line_bytes)
+            path, candidates, bounds, q.record_bytes or 512, prefer_corners=prefer_corners,
+            prefer_item_width=prefer_item_width, item_widths=item_widths,
+            context=_context(q, label, file_size),
+            line_bytes=[planes[id(c)] for c in candidates] if line_outer else None)
         warn += notes
+        span = layout.expected
     except ProductError:
-        if not (allow_short and line_outer and not suffix.get("LINE")):
+        if not (allow_short and line_outer and not q.suffix.get("LINE")):
             raise
         layout = max(candidates, key=lambda c: _preference(c, prefer_corners,
                                                            prefer_item_width, item_widths))
-        plane = _structured(axes, sizes, core_dtype, suffix, layout)["plane"].itemsize
-        lines_available = min(sizes["LINE"], available // plane)
-        if lines_available == 0:
+        lines = min(q.sizes["LINE"], (file_size - offset) // planes[id(layout)])
+        if lines == 0:
             raise
-        warn.append(f"short file: only {lines_available} of {sizes['LINE']} lines are "
-                    "complete; reading those")
-    if file_records is not None and record_bytes and lines_available == sizes["LINE"]:
-        fr_bytes = _int(file_records, "FILE_RECORDS") * record_bytes
+        span = lines * planes[id(layout)]
+        warn.append(f"short file: only {lines} of {q.sizes['LINE']} lines are complete; "
+                    "reading those")
+    for other, off in overlapping_objects(offset, span, others):
+        warn.append(f"^{other} points to byte {_fmt(off)}, inside the {q.name} (bytes "
+                    f"{_fmt(offset)}..{_fmt(offset + span - 1)}), and the file holds the "
+                    f"{q.name}'s bytes: ^{other} is taken as a stale pointer")
+    return layout, lines, warn
+
+
+def _core_scaling(qube: Block) -> tuple[dict[str, Any], list[str]]:
+    """CORE_BASE/MULTIPLIER, special values and valid range; a non-numeric value is
+    "not defined" (``"NULL"``/``"N/A"`` silently, other text with a warning)."""
+    notes = [n for n in (_undefined_note(f"CORE_{k}", qube.get(f"CORE_{k}"))
+                         for k in (*SPECIAL_KEYS, "VALID_MINIMUM", "VALID_MAXIMUM", "BASE",
+                                   "MULTIPLIER")) if n]
+    specials = {k: v for k in SPECIAL_KEYS
+                if (v := label_number(qube.get("CORE_" + k))) is not None}
+    multiplier = label_number(qube.get("CORE_MULTIPLIER"))
+    return {
+        "base": label_number(qube.get("CORE_BASE")) or 0.0,
+        "multiplier": 1.0 if multiplier is None else multiplier,
+        "specials": specials,
+        "valid_min": label_number(qube.get("CORE_VALID_MINIMUM")),
+        "valid_max": label_number(qube.get("CORE_VALID_MAXIMUM")),
+    }, notes
+
+
+def _open(path: Path, label: Block, *, allow_short: bool, prefer_corners: bool | None,
+          prefer_item_width: bool, suffix_type_defaults: dict[str, str]) -> Cube:
+    q = qube_label(path, label, suffix_type_defaults)
+    try:
+        file_size = os.path.getsize(q.pointer.data_path)
+    except OSError as exc:
+        raise ProductError(q.pointer.data_path, f"cannot read: {exc.strerror or exc}") from None
+    if prefer_corners is None:
+        instrument = str(label.get("INSTRUMENT_ID", q.block.get("INSTRUMENT_ID", ""))).upper()
+        prefer_corners = instrument == "VIMS"
+    layout, lines_available, layout_notes = decide_layout(
+        path, label, q, file_size, allow_short=allow_short, prefer_corners=prefer_corners,
+        prefer_item_width=prefer_item_width)
+    warn = q.notes + layout_notes
+    file_records = label.get("FILE_RECORDS")
+    if file_records is not None and q.record_bytes and lines_available == q.sizes["LINE"]:
+        fr_bytes = _int(file_records, "FILE_RECORDS") * q.record_bytes
         if fr_bytes != file_size:
             warn.append(f"FILE_RECORDS x RECORD_BYTES = {_fmt(fr_bytes)} but the file holds "
                         f"{_fmt(file_size)} bytes; the data are complete, reading anyway")
-
-    multiplier = _float_or_none(qube.get("CORE_MULTIPLIER"))
-    specials: dict[str, float] = {}
-    for key in SPECIAL_KEYS:
-        v = _float_or_none(qube.get("CORE_" + key))
-        if v is not None:
-            specials[key] = v
+    scaling, notes = _core_scaling(q.block)
+    warn += notes
     cube = Cube(
-        path=path, label=label, qube=qube, data_path=pointer.data_path, offset=pointer.offset,
-        axes=axes, sizes=sizes, core_dtype=core_dtype, core_type=core_type,
-        base=_float_or_none(qube.get("CORE_BASE")) or 0.0,
-        multiplier=1.0 if multiplier is None else multiplier,
-        specials=specials,
-        valid_min=_float_or_none(qube.get("CORE_VALID_MINIMUM")),
-        valid_max=_float_or_none(qube.get("CORE_VALID_MAXIMUM")),
-        suffix_items=suffix, layout=layout, lines_available=lines_available,
-        file_size=file_size, warnings=warn,
+        path=path, label=label, qube=q.block, data_path=q.pointer.data_path,
+        offset=q.pointer.offset, axes=q.axes, sizes=q.sizes, core_dtype=q.core_dtype,
+        core_type=q.core_type, **scaling, suffix_items=q.suffix, layout=layout,
+        lines_available=lines_available, file_size=file_size, warnings=warn,
     )
     for w in warn:
         warnings.warn(f"{path.name}: {w}", LayoutWarning, stacklevel=3)

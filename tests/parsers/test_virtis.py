@@ -190,7 +190,8 @@ def test_non_virtis_and_truncated_products(tmp_path, realdata):
     path = write_virtis_product(tmp_path / "V1_t.CAL", kind="cal", bands=432, samples=64,
                                 lines=8, truncate_bytes=100_000)
     with pytest.raises(ProductError, match=r"V1_t\.CAL: truncated: label needs 1,218,560 "
-                                           r"data bytes, file holds 1,118,560 \[cand"):
+                                           r"data bytes, file holds 1,118,560 "
+                                           r"\(100,000 bytes short\) \[cand"):
         virtis.read(path)
 
 
