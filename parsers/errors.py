@@ -4,7 +4,8 @@ Anything that is the user's (or the input file's) fault raises :class:`UserError
 subclass) with a one-line message naming the file or value and what is wrong.
 ``main(argv)`` functions are wrapped with :func:`cli_entry`: a :class:`UserError` becomes one
 line on stderr (``prog: error: message``) and exit status 2; warnings print as one line each;
-Ctrl-C exits 130. Bugs still show a traceback, on purpose.
+Ctrl-C exits 130; a file-size limit gives an error line instead of killing the process.
+Bugs still show a traceback, on purpose.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -45,10 +48,18 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
         stream.write(f"warning: {message}\n")
 
 
+def _report_file_size_limit_as_an_error() -> None:
+    """A file-size limit (``ulimit -f``) kills a process with SIGXFSZ by default; ignored,
+    the write fails with EFBIG instead, which the writers report as one line."""
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def run_main(
     func: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, prog: str
 ) -> int:
     """Call ``func(argv)`` and turn user errors into a one-line message and exit code."""
+    _report_file_size_limit_as_an_error()
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:

@@ -26,6 +26,7 @@ import queue
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from parsers.atomic import DiskFullError, durable_replace, is_disk_full
 from parsers.errors import UserError
 
 CHUNK_BYTES = 1 << 20
@@ -240,160 +242,232 @@ def download(
     """Fetch ``url`` into ``dest`` and return what happened; raise FetchError on failure.
 
     If ``dest`` already exists and matches ``expected_sha256`` (or, without one, its size
-    equals ``expected_size``), nothing is transferred. Otherwise the body streams into
+    equals ``expected_size``), nothing is transferred; an existing ``dest`` that does not
+    match is reported with a warning and fetched again. Otherwise the body streams into
     ``dest.part`` (resumed with Range if that exists), is checked against the server's
     total length, ``expected_size``, ``expected_sha256`` and ``verify(part_path)`` (any
     exception rejects it), and only then renamed onto ``dest``. A rejected file is deleted;
-    an existing ``dest`` is never replaced by a partial or rejected one. ``progress(n)``
-    is called with each chunk's byte count (negative when a restart discards bytes); if
-    it has an ``expect(total)`` method that is called once the total size is known and
+    an existing ``dest`` is never replaced by a partial or rejected one. A full disk raises
+    :class:`~parsers.atomic.DiskFullError` (the part is deleted). ``progress(n)`` is called
+    with each chunk's byte count (negative when a restart discards bytes); if it has an
+    ``expect(total)`` method that is called once the total size is known and
     ``expected_size`` was not given.
     """
     check_url(url)
     dest = Path(dest)
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.lower()
-    if dest.is_file():
-        size = dest.stat().st_size
-        if expected_size is None or size == expected_size:
-            if expected_sha256 is not None:
-                digest = sha256_file(dest)
-                if digest == expected_sha256:
-                    _tell(progress, size)
-                    return FetchResult(url, dest, size, digest, skipped=True)
-            elif expected_size is not None:
-                _tell(progress, size)
-                return FetchResult(url, dest, size, sha256_file(dest), skipped=True)
-
+    done = _already_there(url, dest, expected_size, expected_sha256, progress)
+    if done is not None:
+        return done
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = part_path(dest)
-    hasher, have = (_hash_prefix(part) if part.is_file() else (hashlib.sha256(), 0))
-    if have:
-        _tell(progress, have)
-    told_total = expected_size is not None
-    total: int | None = expected_size
-    transferred = 0
-    resumed = False
-    attempts = 0
-    drops = 0
-    validator: str | None = None  # strong ETag or Last-Modified of this transfer's body
-    while True:
-        if expected_size is not None and have > expected_size:
-            _tell(progress, -have)
-            _unlink(part)
-            hasher, have = hashlib.sha256(), 0
-        if total is not None and have == total and have > 0:
-            break  # the part already holds every byte
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        if have and validator:
-            headers["If-Range"] = validator  # the server sends it all (200) if it changed
-        attempts += 1
-        try:
-            resp = session.get(url, headers=headers, stream=True)
-        except requests.exceptions.RetryError as exc:
-            raise FetchError(f"{url}: giving up after retries ({_reason(exc)})") from None
-        except _DROPPED as exc:
-            raise FetchError(f"{url}: cannot connect ({_reason(exc)})") from None
-        with resp:
-            if resp.status_code == 416 and have:
-                m = _CONTENT_RANGE_UNSAT.match(resp.headers.get("Content-Range", ""))
-                if m and int(m.group(1)) == have:
-                    total = have
-                    break
-                # The part is longer than the file (it changed): start again.
-                _tell(progress, -have)
-                _unlink(part)
-                hasher, have = hashlib.sha256(), 0
-                continue
-            if resp.status_code not in (200, 206):
-                raise FetchError(f"{url}: HTTP {resp.status_code} {resp.reason or ''}".rstrip())
-            length = _int_header(resp.headers.get("Content-Length"))
-            if resp.status_code == 206:
-                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                if not m or int(m.group(1)) != have:
-                    raise FetchError(
-                        f"{url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
-                        f"for a request from byte {have}"
-                    )
-                server_total = None if m.group(3) == "*" else int(m.group(3))
-                body_len = int(m.group(2)) - int(m.group(1)) + 1
-                if length is not None and length != body_len:
-                    raise FetchError(f"{url}: Content-Length {length} disagrees with Content-Range")
-                length = body_len
-                resumed = True
-                mode = "ab"
-            else:  # 200: the server sent the whole file; any part is discarded
-                if have:
-                    _tell(progress, -have)
-                hasher, have = hashlib.sha256(), 0
-                server_total = length
-                mode = "wb"
-            if server_total is not None:
-                if total is not None and total != server_total:
-                    _unlink(part)
-                    raise FetchError(
-                        f"{url}: server reports {server_total} bytes, expected {total}"
-                    )
-                total = server_total
-                if not told_total:
-                    told_total = True
-                    expect = getattr(progress, "expect", None)
-                    if expect is not None:
-                        expect(total)
-            etag = resp.headers.get("ETag", "")
-            validator = (etag if etag and not etag.startswith("W/")
-                         else resp.headers.get("Last-Modified")) or validator
-            got = 0
-            error: BaseException | None = None
-            sink = _Sink(open(part, mode), hasher, progress)  # noqa: SIM115 (closed by sink)
-            try:
-                for chunk in _body_chunks(resp):
-                    sink.put(chunk)
-                    got += len(chunk)
-            except _DROPPED as exc:
-                error = exc
-            finally:
-                sink.close()  # waits until every chunk is written and hashed
-            dropped = error is not None or (length is not None and got < length)
-            have += got
-            transferred += got
-        if dropped:
-            drops += 1
-            if drops > max_resumes:
-                why = _reason(error) if error else f"body ended after {got} of {length} bytes"
-                raise FetchError(
-                    f"{url}: connection dropped {drops} times, giving up "
-                    f"({why}); the partial file {part.name} is kept for a later resume"
-                )
-            time.sleep(resume_backoff * (2 ** (drops - 1)) if drops > 1 else 0)
-            continue
-        if total is None:
-            total = have  # no length given: the body ended normally
-        break
+    t = _Transfer.start(url, dest, expected_size, progress)
+    while not _transfer_round(session, t, max_resumes, resume_backoff):
+        pass
+    return _finalise(t, expected_sha256, verify)
 
-    size = part.stat().st_size if part.exists() else 0
-    if size != have or (total is not None and size != total):
-        _unlink(part)
-        raise FetchError(f"{url}: received {size} bytes, server announced {total}")
-    digest = hasher.hexdigest()
+
+def _already_there(
+    url: str, dest: Path, expected_size: int | None, expected_sha256: str | None,
+    progress: Progress | None,
+) -> FetchResult | None:
+    """A skipped result when ``dest`` is complete and matches the expectations, else None."""
+    if not dest.is_file() or (expected_size is None and expected_sha256 is None):
+        return None
+    size = dest.stat().st_size
+    digest = None
+    if expected_size is None or size == expected_size:
+        digest = sha256_file(dest)
+        if expected_sha256 is None or digest == expected_sha256:
+            _tell(progress, size)
+            return FetchResult(url, dest, size, digest, skipped=True)
+    what = ("its sha256 differs from the expected one" if digest
+            else f"{size:,} bytes instead of the expected {expected_size:,}")
+    warnings.warn(f"{dest}: {what} (damaged or changed since it was fetched?); "
+                  "fetching it again", stacklevel=3)
+    return None
+
+
+@dataclass
+class _Transfer:
+    """One download in progress: the part file, the hash of its bytes, what is known."""
+
+    url: str
+    dest: Path
+    part: Path
+    progress: Progress | None
+    expected_size: int | None
+    hasher: Any
+    have: int  # bytes in the part file (all hashed)
+    total: int | None  # size of the whole file, once known
+    told_total: bool
+    transferred: int = 0
+    resumed: bool = False
+    attempts: int = 0
+    drops: int = 0
+    validator: str | None = None  # strong ETag or Last-Modified of this transfer's body
+
+    @classmethod
+    def start(cls, url: str, dest: Path, expected_size: int | None,
+              progress: Progress | None) -> _Transfer:
+        """Continue from ``dest.part`` when a previous run left one."""
+        part = part_path(dest)
+        hasher, have = (_hash_prefix(part) if part.is_file() else (hashlib.sha256(), 0))
+        _tell(progress, have)
+        return cls(url, dest, part, progress, expected_size, hasher, have,
+                   total=expected_size, told_total=expected_size is not None)
+
+    def restart(self, *, unlink: bool = True) -> None:
+        """Forget the bytes received so far (the file changed, or the server sends it all)."""
+        _tell(self.progress, -self.have)
+        if unlink:
+            _unlink(self.part)
+        self.hasher, self.have = hashlib.sha256(), 0
+
+    def learn_total(self, server_total: int) -> None:
+        if self.total is not None and self.total != server_total:
+            _unlink(self.part)
+            raise FetchError(
+                f"{self.url}: server reports {server_total} bytes, expected {self.total}")
+        self.total = server_total
+        if not self.told_total:
+            self.told_total = True
+            expect = getattr(self.progress, "expect", None)
+            if expect is not None:
+                expect(server_total)
+
+
+def _transfer_round(
+    session: requests.Session, t: _Transfer, max_resumes: int, resume_backoff: float
+) -> bool:
+    """One GET for the bytes still missing; True once the part file holds the whole body."""
+    if t.expected_size is not None and t.have > t.expected_size:
+        t.restart()
+    if t.total is not None and t.have == t.total and t.have > 0:
+        return True  # the part already holds every byte
+    resp = _request(session, t)
+    with resp:
+        if resp.status_code == 416 and t.have:
+            return _unsatisfiable(t, resp)
+        length, mode = _accept(t, resp)
+        got, error = _receive(t, resp, mode)
+    if error is None and (length is None or got >= length):
+        if t.total is None:
+            t.total = t.have  # no length given: the body ended normally
+        return True
+    t.drops += 1
+    if t.drops > max_resumes:
+        why = _reason(error) if error else f"body ended after {got} of {length} bytes"
+        raise FetchError(
+            f"{t.url}: connection dropped {t.drops} times, giving up "
+            f"({why}); the partial file {t.part.name} is kept for a later resume"
+        )
+    time.sleep(resume_backoff * (2 ** (t.drops - 1)) if t.drops > 1 else 0)
+    return False
+
+
+def _request(session: requests.Session, t: _Transfer) -> requests.Response:
+    """GET the rest of the file (Range + If-Range when part of it is here)."""
+    headers = {"Range": f"bytes={t.have}-"} if t.have else {}
+    if t.have and t.validator:
+        headers["If-Range"] = t.validator  # the server sends it all (200) if it changed
+    t.attempts += 1
+    try:
+        return session.get(t.url, headers=headers, stream=True)
+    except requests.exceptions.RetryError as exc:
+        raise FetchError(f"{t.url}: giving up after retries ({_reason(exc)})") from None
+    except _DROPPED as exc:
+        raise FetchError(f"{t.url}: cannot connect ({_reason(exc)})") from None
+
+
+def _unsatisfiable(t: _Transfer, resp: requests.Response) -> bool:
+    """A 416 answer to a Range request: True when the part is exactly the whole file."""
+    m = _CONTENT_RANGE_UNSAT.match(resp.headers.get("Content-Range", ""))
+    if m and int(m.group(1)) == t.have:
+        t.total = t.have
+        return True
+    t.restart()  # the part is longer than the file (it changed): start again
+    return False
+
+
+def _accept(t: _Transfer, resp: requests.Response) -> tuple[int | None, str]:
+    """Check a 200/206 answer against the part; return (body length, file mode)."""
+    if resp.status_code not in (200, 206):
+        raise FetchError(f"{t.url}: HTTP {resp.status_code} {resp.reason or ''}".rstrip())
+    length = _int_header(resp.headers.get("Content-Length"))
+    if resp.status_code == 206:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != t.have:
+            raise FetchError(
+                f"{t.url}: bad Content-Range {resp.headers.get('Content-Range')!r} "
+                f"for a request from byte {t.have}"
+            )
+        server_total = None if m.group(3) == "*" else int(m.group(3))
+        body_len = int(m.group(2)) - int(m.group(1)) + 1
+        if length is not None and length != body_len:
+            raise FetchError(f"{t.url}: Content-Length {length} disagrees with Content-Range")
+        length, mode = body_len, "ab"
+        t.resumed = True
+    else:  # 200: the server sent the whole file; any part is discarded
+        t.restart(unlink=False)
+        server_total, mode = length, "wb"
+    if server_total is not None:
+        t.learn_total(server_total)
+    etag = resp.headers.get("ETag", "")
+    t.validator = (etag if etag and not etag.startswith("W/")
+                   else resp.headers.get("Last-Modified")) or t.validator
+    return length, mode
+
+
+def _receive(t: _Transfer, resp: requests.Response, mode: str) -> tuple[int, BaseException | None]:
+    """Stream the body into the part file; (bytes received, the drop error or None)."""
+    got = 0
+    error: BaseException | None = None
+    try:
+        sink = _Sink(open(t.part, mode), t.hasher, t.progress)  # noqa: SIM115 (closed by sink)
+        try:
+            for chunk in _body_chunks(resp):
+                sink.put(chunk)
+                got += len(chunk)
+        except _DROPPED as exc:
+            error = exc
+        finally:
+            sink.close()  # waits until every chunk is written and hashed
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        written = t.part.stat().st_size if t.part.exists() else None
+        _unlink(t.part)
+        raise DiskFullError(t.dest, exc, needed=t.total, written=written) from None
+    t.have += got
+    t.transferred += got
+    return got, error
+
+
+def _finalise(t: _Transfer, expected_sha256: str | None, verify: Verify | None) -> FetchResult:
+    """Check the complete part (size, sha256, ``verify``) and rename it onto ``dest``."""
+    size = t.part.stat().st_size if t.part.exists() else 0
+    if size != t.have or (t.total is not None and size != t.total):
+        _unlink(t.part)
+        raise FetchError(f"{t.url}: received {size} bytes, server announced {t.total}")
+    digest = t.hasher.hexdigest()
     problem = None
-    if expected_size is not None and size != expected_size:
-        problem = f"size {size} differs from the expected {expected_size}"
+    if t.expected_size is not None and size != t.expected_size:
+        problem = f"size {size} differs from the expected {t.expected_size}"
     elif expected_sha256 is not None and digest != expected_sha256:
         problem = f"sha256 {digest} differs from the expected {expected_sha256}"
     if problem:
-        _unlink(part)
-        raise FetchError(f"{url}: {problem}; file not kept")
+        _unlink(t.part)
+        raise FetchError(f"{t.url}: {problem}; file not kept")
     if verify is not None:
         try:
-            verify(part)
+            verify(t.part)
         except Exception as exc:
-            _unlink(part)
-            raise FetchError(f"{url}: rejected by verification ({exc}); file not kept") from None
-    os.replace(part, dest)
-    return FetchResult(
-        url, dest, size, digest, transferred=transferred, resumed=resumed, attempts=attempts
-    )
+            _unlink(t.part)
+            raise FetchError(f"{t.url}: rejected by verification ({exc}); file not kept") from None
+    durable_replace(t.part, t.dest)
+    return FetchResult(t.url, t.dest, size, digest, transferred=t.transferred,
+                       resumed=t.resumed, attempts=t.attempts)
 
 
 class _Sink:
@@ -496,7 +570,9 @@ def fetch_all(
 ) -> list[FetchResult]:
     """Run ``jobs`` with at most ``max_workers`` parallel transfers; results in job order.
 
-    Failures do not stop the others: each shows up as a result with ``error`` set.
+    Failures do not stop the others: each shows up as a result with ``error`` set. A full
+    disk does: :class:`~parsers.atomic.DiskFullError` is raised (transfers not yet started
+    are cancelled).
     ``progress``: True/False forces the byte bar on/off; None shows it on a terminal.
     """
     jobs = list(jobs)
@@ -515,6 +591,8 @@ def fetch_all(
             )
             res = _with_job(res, job)
             key = "skipped" if res.skipped else "ok"
+        except DiskFullError:
+            raise  # the other files would not fit either: stop
         except (UserError, OSError, requests.RequestException) as exc:
             res = FetchResult(job.url, job.dest, error=str(exc), job=job)
             key = "failed"
@@ -527,7 +605,13 @@ def fetch_all(
         if max_workers <= 1 or len(jobs) <= 1:
             return [one(j) for j in jobs]
         with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fetch") as pool:
-            return list(pool.map(one, jobs))
+            futures = [pool.submit(one, j) for j in jobs]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
     finally:
         bar.close()
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import subprocess
+import sys
 import warnings
 
 import pytest
 
-from parsers.atomic import atomic_open, atomic_path
+from parsers.atomic import (
+    DiskFullError,
+    atomic_open,
+    atomic_path,
+    is_disk_full,
+    remove_stale_temporaries,
+)
 from parsers.errors import EXIT_USER_ERROR, ProductError, UserError, cli_entry
 
 
@@ -69,3 +79,112 @@ def test_cli_entry_lets_bugs_raise():
     with pytest.raises(ZeroDivisionError):
         main([])
     assert issubclass(ProductError, UserError)
+
+
+# ---------------------------------------------------------------- full disks, leftovers
+
+
+def test_atomic_path_turns_a_full_disk_into_one_line(tmp_path):
+    dest = tmp_path / "stats.json"
+    dest.write_text("previous good")
+    with pytest.raises(DiskFullError) as err, atomic_path(dest, needed=5000) as tmp:
+        tmp.write_bytes(b"x" * 1234)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    message = str(err.value)
+    assert message.startswith(f"{dest}: no space left on device after 1,234 bytes; "
+                              "needs 5,000 bytes; ")
+    assert "bytes free in" in message and message.endswith("the previous file is untouched")
+    assert dest.read_text() == "previous good" and sorted(os.listdir(tmp_path)) == ["stats.json"]
+
+
+def test_library_errors_without_errno_are_recognised():
+    hdf5 = OSError("Can't write data (file write failed: errno = 28, error message = "
+                   "'No space left on device')")
+    assert is_disk_full(hdf5)
+    try:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError as inner:
+            raise RuntimeError("writer failed") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(ValueError("bad value"))
+
+
+def test_user_errors_are_never_relabelled_as_a_full_disk(tmp_path):
+    with pytest.raises(ProductError, match="file too large"), atomic_path(tmp_path / "x") as t:
+        t.write_bytes(b"x")
+        raise ProductError("cube.qub", "file too large for its label")
+
+
+def test_remove_stale_temporaries_only_touches_writer_leftovers(tmp_path):
+    out = tmp_path / "tiles"
+    (out / "sub").mkdir(parents=True)
+    for name in (".train.h5.x1.h5.tmp", "sub/.y.tif.x2.tif.tmp", "train.h5", "a.tif.part",
+                 "notes.tmp"):
+        (out / name).write_bytes(b"-")
+    (tmp_path / ".split.json.x3.json.tmp").write_bytes(b"-")
+    (tmp_path / ".other.json.x4.json.tmp").write_bytes(b"-")
+    removed = remove_stale_temporaries(out)
+    assert sorted(p.name for p in removed) == [".train.h5.x1.h5.tmp", ".y.tif.x2.tif.tmp"]
+    assert remove_stale_temporaries(tmp_path / "split.json") == [
+        tmp_path / ".split.json.x3.json.tmp"]
+    assert (tmp_path / ".other.json.x4.json.tmp").exists()
+
+
+GUARDED_H5 = """
+import resource, sys
+import numpy as np, h5py
+from parsers.atomic import GuardedFile
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+guard = GuardedFile(sys.argv[1])
+f = h5py.File(guard, "w")
+ds = f.create_dataset("t", shape=(0, 8, 32, 32), maxshape=(None, 8, 32, 32),
+                      chunks=(1, 8, 32, 32), dtype="f4", fletcher32=True)
+for i in range(40):
+    ds.resize(i + 1, axis=0)
+    ds[i] = np.random.default_rng(i).random((8, 32, 32))
+    f.flush()
+    if guard.error is not None:
+        break
+f.close()
+guard.close()
+try:
+    guard.check()
+except OSError as exc:
+    print("refused", exc.errno, i)
+"""
+
+
+def test_guarded_file_lets_hdf5_close_after_a_refused_write(tmp_path):
+    # Without the guard HDF5 kills the process (SIGSEGV/SIGBUS) when it closes this file.
+    proc = subprocess.run(
+        [sys.executable, "-c", GUARDED_H5, str(tmp_path / "t.h5")], capture_output=True,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"refused {errno.EFBIG} ")
+
+
+def test_cli_entry_reports_a_file_size_limit_instead_of_dying(tmp_path):
+    script = (
+        "import resource, sys\n"
+        "from parsers.atomic import atomic_open\n"
+        "from parsers.errors import cli_entry\n"
+        "@cli_entry('writer')\n"
+        "def main(argv):\n"
+        "    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "    with atomic_open(sys.argv[1]) as fh:\n"
+        "        fh.write(b'x' * 5000)\n"
+        "    return 0\n"
+        "raise SystemExit(main())\n"
+    )
+    out = tmp_path / "big.bin"
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr
+    assert proc.stderr.startswith(f"writer: error: {out}: file too large")
+    assert "file-size limit 1,000 bytes" in proc.stderr and proc.stderr.count("\n") == 1
+    assert os.listdir(tmp_path) == []

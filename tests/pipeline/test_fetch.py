@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from parsers.atomic import DiskFullError
 from parsers.errors import UserError
 from pipeline.fetch import (
     FetchError,
@@ -191,14 +192,43 @@ def test_resume_existing_part_hashes_prefix(tree: Path, tmp_path: Path, session)
     assert dest.read_bytes() == data
 
 
-def test_writer_error_propagates_and_dest_untouched(tree: Path, tmp_path: Path, session) -> None:
+def test_disk_full_names_the_file_and_the_bytes_needed(tree: Path, tmp_path: Path,
+                                                       session) -> None:
     def boom(n: int) -> None:
         raise OSError(28, "No space left on device")
 
     dest = tmp_path / "f1.bin"
-    with serve_directory(tree) as url, pytest.raises(OSError, match="No space left"):
+    with serve_directory(tree) as url, pytest.raises(DiskFullError) as err:
         download(session, url + "DATA/A/f1.bin", dest, progress=boom)
-    assert not dest.exists()
+    message = str(err.value)
+    assert message.startswith(f"{dest}: no space left on device")
+    assert "needs 300,000 bytes" in message and "\n" not in message
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_disk_full_keeps_the_previous_file(tree: Path, tmp_path: Path, session) -> None:
+    def boom(n: int) -> None:
+        raise OSError(122, "Disk quota exceeded")
+
+    dest = tmp_path / "f1.bin"
+    dest.write_bytes(b"the previous good copy")
+    with serve_directory(tree) as url, pytest.raises(DiskFullError, match="previous file is"), \
+            pytest.warns(UserWarning, match="22 bytes instead of the expected 300,000"):
+        download(session, url + "DATA/A/f1.bin", dest, expected_size=300_000, progress=boom)
+    assert dest.read_bytes() == b"the previous good copy" and not part_path(dest).exists()
+
+
+def test_fetch_all_stops_on_a_full_disk(tree: Path, tmp_path: Path, session,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self, n: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pipeline.fetch.ByteBar.__call__", full)
+    with serve_directory(tree) as url:
+        jobs = [FetchJob(url + f"DATA/A/f{i}.bin", tmp_path / f"f{i}.bin") for i in (1, 2, 3)]
+        with pytest.raises(DiskFullError, match=r"f1\.bin: no space left on device"):
+            fetch_all(session, jobs, max_workers=1, progress=False)
+    assert not list(tmp_path.glob("f*.bin*"))
 
 
 def test_server_ignoring_range_restarts(tree: Path, tmp_path: Path, session) -> None:
@@ -270,7 +300,8 @@ def test_sha_mismatch_never_replaces_good_file(tree: Path, tmp_path: Path, sessi
     dest = tmp_path / "f2.bin"
     dest.write_bytes(b"old good copy")
     faults = Faults(replace={"DATA/A/f2.bin": b"changed on the server"})
-    with serve_directory(tree, faults) as url, pytest.raises(FetchError, match="sha256"):
+    with serve_directory(tree, faults) as url, pytest.raises(FetchError, match="sha256"), \
+            pytest.warns(UserWarning, match="f2.bin: its sha256 differs from the expected"):
         download(session, url + "DATA/A/f2.bin", dest, expected_sha256=_sha(good))
     assert dest.read_bytes() == b"old good copy"
     assert not part_path(dest).exists()
@@ -290,6 +321,20 @@ def test_verify_rejection_keeps_nothing(tree: Path, tmp_path: Path, session) -> 
     with serve_directory(tree) as url, pytest.raises(FetchError, match="label does not parse"):
         download(session, url + "small.txt", tmp_path / "s.txt", verify=verify)
     assert list(tmp_path.iterdir()) == [tmp_path / "srv"]
+
+
+def test_flipped_byte_in_a_kept_file_is_reported_and_fetched_again(
+    tree: Path, tmp_path: Path, session
+) -> None:
+    data = (tree / "DATA/A/f3.bin").read_bytes()
+    dest = tmp_path / "f3.bin"
+    damaged = bytearray(data)
+    damaged[12_345] ^= 0x10
+    dest.write_bytes(bytes(damaged))
+    with serve_directory(tree) as url, \
+            pytest.warns(UserWarning, match=r"f3\.bin: its sha256 differs .* fetching it again"):
+        res = download(session, url + "DATA/A/f3.bin", dest, len(data), _sha(data))
+    assert not res.skipped and dest.read_bytes() == data
 
 
 def test_complete_file_is_skipped(tree: Path, tmp_path: Path, session) -> None:
