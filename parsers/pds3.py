@@ -46,7 +46,7 @@ SPECIAL_KEYS = (
     "HIGH_REPR_SATURATION", "HIGH_INSTR_SATURATION",
 )
 MAX_CORE_ITEMS = 1 << 36  # 64 Gi items: anything larger is a broken label
-_CHUNK_BYTES = 4 << 20
+_CHUNK_BYTES = 1 << 19  # conversion chunk: stays in the L2 cache with its output and mask
 
 
 class LayoutWarning(UserWarning):
@@ -114,6 +114,17 @@ def vax_f_to_float32(words: np.ndarray) -> np.ndarray:
     out[zero & (sign == 0)] = 0.0
     out[zero & (sign == 1)] = np.nan  # VAX reserved operand
     return out
+
+
+def _pread_exact(fh: Any, buf: np.ndarray, offset: int) -> None:
+    """Fill ``buf`` (uint8) from byte ``offset`` of the open file ``fh`` (OSError on EOF)."""
+    view = memoryview(buf)
+    done = 0
+    while done < len(view):
+        got = os.preadv(fh.fileno(), [view[done:]], offset + done)
+        if got == 0:
+            raise OSError(f"file ends {len(view) - done} bytes early")
+        done += got
 
 
 # --------------------------------------------------------------------------- label access
@@ -294,6 +305,24 @@ class Cube:
         return core.transpose(*perm)
 
     # ---- conversion
+    def _invalid(self, x: np.ndarray) -> np.ndarray | None:
+        """True where stored value ``x`` is outside the valid range or a special value.
+
+        Special values that already lie outside [valid_min, valid_max] (the VIRTIS cal
+        case: -1000..-1004 below -999) need no comparison of their own.
+        """
+        lo, hi = self.valid_min, self.valid_max
+        mask = None if lo is None else np.less(x, lo)
+        if hi is not None:
+            mask = np.greater(x, hi) if mask is None else np.logical_or(
+                mask, np.greater(x, hi), out=mask)
+        for v in self.specials.values():
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                continue
+            mask = np.equal(x, v) if mask is None else np.logical_or(
+                mask, np.equal(x, v), out=mask)
+        return mask
+
     def _convert_into(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Stored values -> scaled float32 with NaN for special values, in place in dst."""
         if self.core_dtype is VAX_F:
@@ -303,24 +332,20 @@ class Cube:
             np.copyto(dst, src, casting="unsafe")
             exact = self.core_dtype.kind == "f" or self.core_dtype.itemsize <= 2
             mask_src = dst if exact else src
-        mask = None
-        if self.valid_min is not None:
-            mask = mask_src < self.valid_min
-        if self.valid_max is not None:
-            m = mask_src > self.valid_max
-            mask = m if mask is None else (mask | m)
-        for v in self.specials.values():
-            m = mask_src == v
-            mask = m if mask is None else (mask | m)
+        mask = self._invalid(mask_src)
         if self.multiplier != 1.0:
             dst *= np.float32(self.multiplier)
         if self.base != 0.0:
             dst += np.float32(self.base)
         if mask is not None:
-            dst[mask] = np.nan
+            np.copyto(dst, np.float32(np.nan), where=mask)
 
     def _materialise(self, view: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Convert a stored view into ``out`` (same shape) chunk by chunk along axis 0."""
+        """Convert a stored view into ``out`` (same shape) chunk by chunk along axis 0.
+
+        Chunks of about 512 KiB keep the input, the output and the mask in the L2 cache
+        while the conversion, the comparisons and the NaN fill run over them.
+        """
         if view.shape[0] == 0:
             return out
         per = max(1, int(np.prod(view.shape[1:])) * self.core_dtype.itemsize)
@@ -371,11 +396,54 @@ class Cube:
         self._scale_bands(out, bands)
         return out
 
-    def read_lines(self, start: int, stop: int) -> np.ndarray:
-        """float32 ``(B, stop - start, S)``: streaming access by lines."""
+    @property
+    def line_shape(self) -> tuple[int, int]:
+        """Shape of one line in file order (the two inner axes: ``(S, B)`` for BIP,
+        ``(B, S)`` for BIL, ``(S, L)`` for BSQ)."""
+        return (self.sizes[self.axes[1]], self.sizes[self.axes[0]])
+
+    def read_lines(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 ``(B, stop - start, S)``: streaming access by lines.
+
+        When lines are the outermost axis of the file (BIP, BIL) the lines are read with
+        positioned reads of about 512 KiB into a reused buffer and converted while in cache;
+        the result is then a ``(B, n, S)`` view of a buffer in file order (like
+        :meth:`load`). ``out``: a float32 C-contiguous ``(n,) + line_shape`` buffer to fill
+        instead of allocating one (a streaming caller reuses it block after block).
+        """
         if not (0 <= start <= stop <= self.lines_available):
             raise IndexError(f"lines {start}:{stop} outside 0..{self.lines_available}")
-        return self.window(slice(start, stop), slice(None))
+        if self.axes[2] != "LINE":
+            return self.window(slice(start, stop), slice(None))
+        shape = (stop - start, *self.line_shape)
+        if out is None or out.shape != shape or out.dtype != np.float32 \
+                or not out.flags.c_contiguous:
+            out = np.empty(shape, dtype=np.float32)
+        self._read_line_range(start, stop, out)
+        result = out.transpose(*[2 - self.axes.index(a) for a in AXIS_NAMES])
+        self._scale_bands(result, slice(None))
+        return result
+
+    def _read_line_range(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Convert file lines [start, stop) into ``out`` (file order), 512 KiB at a time."""
+        self._build()
+        plane = self._dtypes["plane"]
+        size = plane.itemsize
+        step = max(1, _CHUNK_BYTES // size)
+        raw = np.empty(min(step, max(stop - start, 1)) * size, dtype=np.uint8)
+        try:
+            with open(self.data_path, "rb", buffering=0) as fh:
+                for a in range(start, stop, step):
+                    n = min(stop, a + step) - a
+                    buf = raw[:n * size]
+                    _pread_exact(fh, buf, self.offset + a * size)
+                    core = buf.view(plane)["rows"]["core"]
+                    if self.core_dtype is VAX_F:
+                        core = core["vax_f"]
+                    self._convert_into(core, out[a - start:a - start + n])
+        except OSError as exc:
+            raise ProductError(self.data_path, f"cannot read lines {start}:{stop}: "
+                                               f"{exc.strerror or exc}") from None
 
     def band(self, i: int) -> np.ndarray:
         """float32 ``(L, S)`` image of band ``i``."""

@@ -140,16 +140,33 @@ class Product:
     #: Original line number in the file of every product line (VIRTIS drops dark lines).
     line_numbers: np.ndarray
 
-    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Lines [start, stop) as (data (B, n, S), valid (n, S) bool or None = all valid)."""
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Lines [start, stop) as (data (B, n, S), valid (n, S) bool or None = all valid).
+
+        ``out``: a buffer returned by :meth:`block_buffer` that the reader may fill instead
+        of allocating (readers that cannot use it ignore it).
+        """
         raise NotImplementedError
 
-    def iter_blocks(self, lines_per_block: int, start: int = 0, stop: int | None = None):
-        """Yield (line0, data, valid) over lines [start, stop) in blocks of at most n lines."""
+    def block_buffer(self, lines: int) -> np.ndarray | None:
+        """A reusable buffer for blocks of ``lines`` lines, or None (reader allocates)."""
+        return None
+
+    def iter_blocks(self, lines_per_block: int, start: int = 0, stop: int | None = None,
+                    reuse: bool = False):
+        """Yield (line0, data, valid) over lines [start, stop) in blocks of at most n lines.
+
+        ``reuse=True``: every block is read into the same buffer, so a block is valid only
+        until the next one is yielded (no page faults on fresh memory per block).
+        """
         stop = self.lines if stop is None else min(stop, self.lines)
-        for a in range(start, stop, max(1, lines_per_block)):
-            b = min(stop, a + max(1, lines_per_block))
-            data, valid = self.read_block(a, b)
+        n = max(1, lines_per_block)
+        buf = self.block_buffer(min(n, max(stop - start, 0))) if reuse else None
+        for a in range(start, stop, n):
+            b = min(stop, a + n)
+            data, valid = self.read_block(a, b, buf if b - a == n else None)
             yield a, data, valid
 
     def lines_for_bytes(self, nbytes: float) -> int:
@@ -177,7 +194,9 @@ class ArrayProduct(Product):
         self.band_names = None
         self.line_numbers = np.arange(self.lines)
 
-    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         valid = None if self._valid is None else self._valid[start:stop]
         return self._data[:, start:stop], valid
 
@@ -203,17 +222,23 @@ class VirtisProduct(Product):
         self.channel = getattr(cube, "channel", None)
         self.processing_level = getattr(cube, "processing_level", None)
 
-    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def block_buffer(self, lines: int) -> np.ndarray | None:
+        return np.empty((lines, *self._cube.line_shape), np.float32) if self._contiguous \
+            else None
+
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, n, S) float32, a view of a buffer in file order (BIP: pixel-major)."""
         if not 0 <= start < stop <= self.lines:
             raise IndexError(f"lines [{start}, {stop}) outside 0..{self.lines}")
         if self._contiguous:
-            data = self._cube.read_lines(start, stop)
-        else:
-            rows = self.line_numbers[start:stop]
-            data = self._cube.read_lines(int(rows[0]), int(rows[-1]) + 1)
-            if data.shape[1] != rows.size:
-                data = data[:, rows - rows[0], :]
-        return np.asarray(data, dtype=np.float32), None
+            return self._cube.read_lines(start, stop, out=out), None
+        rows = self.line_numbers[start:stop]
+        data = self._cube.read_lines(int(rows[0]), int(rows[-1]) + 1)
+        if data.shape[1] != rows.size:
+            data = data[:, rows - rows[0], :]
+        return data, None
 
 
 class Sentinel2Product(Product):
@@ -239,7 +264,9 @@ class Sentinel2Product(Product):
         else:
             self.wavelengths, self.wavelength_unit = None, None
 
-    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         if not 0 <= start < stop <= self.lines:
             raise IndexError(f"lines [{start}, {stop}) outside 0..{self.lines}")
         data = np.asarray(self._s.data[:, start:stop, :])

@@ -6,8 +6,10 @@ per-line-range) partials and a tree of merges, so the same code runs serially in
 threaded or in processes on a laptop, and on a ``dask.distributed`` cluster
 (``--scheduler tcp://host:8786``).
 
-Per band: count of valid values, min, max, mean and M2 (Chan et al. 1979 parallel update,
-accumulated in float64), and a fixed-edge histogram for percentiles:
+Per band: count of valid values, count of invalid ones (NaN/inf, masked pixels), min, max,
+mean and M2 (Chan et al. 1979 parallel update, accumulated in float64), and a fixed-edge
+histogram for percentiles, all from one fused pass over each block
+(:mod:`pipeline.stats_kernels`):
 
 * integer data (Sentinel-2 uint16): one bin per integer value, so percentiles are exact.
 * float data (VIRTIS radiance): bins taken from the float32 bit pattern: sign, exponent and
@@ -207,8 +209,9 @@ def histogram_spec_for(dtype: np.dtype, float_spec: HistogramSpec) -> HistogramS
 class BandStats:
     """Mergeable per-band statistics of a set of values (float64 moments, int64 counts).
 
-    count, minimum, maximum, mean, m2: shape (B,). hist: (B, spec.nbins) int64.
-    A band with no valid value has count 0, min/max/mean NaN.
+    count, invalid, minimum, maximum, mean, m2: shape (B,). hist: (B, spec.nbins) int64.
+    ``invalid`` counts the values left out (NaN, +-inf, masked pixels: for VIRTIS the NaN
+    count). A band with no valid value has count 0, min/max/mean NaN.
     """
 
     spec: HistogramSpec
@@ -218,6 +221,11 @@ class BandStats:
     mean: np.ndarray
     m2: np.ndarray
     hist: np.ndarray
+    invalid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.invalid is None:
+            self.invalid = np.zeros(self.count.shape, np.int64)
 
     @classmethod
     def empty(cls, bands: int, spec: HistogramSpec) -> BandStats:
@@ -258,63 +266,42 @@ class BandStats:
     def update(self, block: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
         """Add the values of ``block`` (B, ...) in place (same rules as :meth:`from_block`).
 
-        Memory: a few block-sized temporaries; the histogram is accumulated band by band.
+        One fused pass over the values (:mod:`pipeline.stats_kernels`), in the block's own
+        memory order: no copy when the block is a view of the reader's buffer.
         """
-        spec = self.spec
+        from pipeline import stats_kernels as k
+
         bands = block.shape[0]
         if bands != self.bands:
             raise ValueError(f"block of {bands} bands, statistics of {self.bands}")
-        x = block.reshape(bands, -1)
-        if x.shape[1] == 0:
+        x = np.moveaxis(block, 0, -1).reshape(-1, bands)  # (pixels, bands), a view if it can
+        if x.shape[0] == 0:
             return self
-        ok = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, dtype=bool)
-        if valid is not None:
-            ok &= np.broadcast_to(valid, block.shape[1:]).reshape(1, -1)
-        all_ok = bool(ok.all())
-        where = True if all_ok else ok
-        count = np.full(bands, x.shape[1], np.int64) if all_ok else \
-            ok.sum(axis=1, dtype=np.int64)
+        mask = np.empty(0, bool) if valid is None else np.ascontiguousarray(
+            np.broadcast_to(valid, block.shape[1:]), dtype=bool).reshape(-1)
+        ref = self.mean.copy()  # NaN where no value yet: the kernel takes the first one
+        invalid = np.zeros(bands, np.int64)
+        s1, s2 = np.zeros(bands), np.zeros(bands)
+        lo, hi = np.full(bands, np.inf, np.float32), np.full(bands, -np.inf, np.float32)
+        spec = self.spec
+        if spec.kind == "uint16":
+            x = x.astype(np.uint16, copy=False)
+            k.accumulate_uint16(x, mask, ref, invalid, s1, s2, lo, hi, self.hist)
+        else:
+            x = x.astype(np.float32, copy=False)
+            first = ((127 + spec.min_exponent) << spec.mantissa_bits) - 1
+            k.accumulate_float(x, x.view(np.int32), mask, 23 - spec.mantissa_bits, first,
+                               spec.n_magnitude + 1, spec.center, ref, invalid, s1, s2, lo,
+                               hi, self.hist)
+        count = x.shape[0] - invalid
         has = count > 0
-        if not has.any():
-            return self
-        xf = x if x.dtype == np.float32 else x.astype(np.float32)
-        total = np.sum(xf, axis=1, dtype=np.float64, where=where)
-        mean = np.divide(total, count, out=np.zeros(bands), where=has)
-        # Second moment about the float32-rounded mean; corrected exactly for the rounding.
-        mean32 = mean.astype(np.float32)
-        d = xf - mean32[:, None]
-        np.square(d, out=d)
-        m2 = np.sum(d, axis=1, dtype=np.float64, where=where)
-        del d
-        delta = mean - mean32.astype(np.float64)
-        m2 = np.where(has, np.maximum(m2 - count * delta * delta, 0.0), 0.0)
-        # Fast path: float data whose only invalid values are NaN (what the readers give).
-        # fmin/fmax skip NaN, and every NaN lands in the positive overflow bin, from which
-        # it is subtracted again; no masked reductions or masked writes needed.
-        nan_only = False
-        if x.dtype.kind == "f" and valid is None:
-            lo, hi = np.fmin.reduce(x, axis=1), np.fmax.reduce(x, axis=1)
-            nan_only = not (np.isinf(lo).any() or np.isinf(hi).any())
-        if not nan_only:
-            if x.dtype.kind == "f":
-                lo_init, hi_init = np.inf, -np.inf
-            else:
-                lo_init, hi_init = np.iinfo(x.dtype).max, np.iinfo(x.dtype).min
-            lo = np.min(x, axis=1, initial=lo_init, where=where)
-            hi = np.max(x, axis=1, initial=hi_init, where=where)
+        n = np.maximum(count, 1)
+        mean = np.where(has, ref + s1 / n, np.nan)
+        m2 = np.where(has, np.maximum(s2 - s1 * s1 / n, 0.0), 0.0)
         lo = np.where(has, lo.astype(np.float64), np.nan)
         hi = np.where(has, hi.astype(np.float64), np.nan)
-        # Histogram, band by band (small bincount tables stay in cache; masked values go to
-        # a discard bin).
-        nbins = spec.nbins
-        idx = spec.bin_index(x)
-        if not all_ok and not nan_only:
-            np.putmask(idx, ~ok, nbins)
-        for b in range(bands):
-            self.hist[b] += np.bincount(idx[b], minlength=nbins + 1)[:nbins]
-        if nan_only and not all_ok:
-            self.hist[:, nbins - 1] -= x.shape[1] - count
-        self._merge_moments(count, np.where(has, mean, np.nan), m2, lo, hi)
+        self.invalid = self.invalid + invalid
+        self._merge_moments(count, mean, m2, lo, hi)
         return self
 
     def _merge_moments(self, nb_int: np.ndarray, mb: np.ndarray, m2b: np.ndarray,
@@ -338,7 +325,8 @@ class BandStats:
                 f"{other.bands} bands/{other.spec}"
             )
         out = BandStats(self.spec, self.count.copy(), self.minimum.copy(), self.maximum.copy(),
-                        self.mean.copy(), self.m2.copy(), self.hist + other.hist)
+                        self.mean.copy(), self.m2.copy(), self.hist + other.hist,
+                        self.invalid + other.invalid)
         out._merge_moments(other.count, other.mean, other.m2, other.minimum, other.maximum)
         return out
 
@@ -416,7 +404,7 @@ def product_partial(
     spec = histogram_spec_for(product.dtype, float_spec)
     total = BandStats.empty(product.bands, spec)
     per_block = product.lines_for_bytes(chunk_mb * 1e6)
-    for _, data, valid in product.iter_blocks(per_block, start, stop):
+    for _, data, valid in product.iter_blocks(per_block, start, stop, reuse=True):
         total.update(data, valid)
     return total
 
@@ -558,6 +546,7 @@ def stats_document(
         "products": list(product_ids),
         "bands": stats.bands,
         "count": [int(c) for c in stats.count],
+        "invalid": [int(c) for c in stats.invalid],
         "min": _clean(stats.minimum),
         "max": _clean(stats.maximum),
         "mean": _clean(stats.mean),

@@ -30,6 +30,8 @@ def reference(x: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.nd
 def check_against_numpy(stats: BandStats, x: np.ndarray, valid: np.ndarray | None = None) -> None:
     ref = reference(x, valid)
     np.testing.assert_array_equal(stats.count, ref["count"])
+    np.testing.assert_array_equal(stats.invalid, x[0].size - ref["count"])
+    np.testing.assert_array_equal(stats.hist.sum(axis=1), ref["count"])
     for b in range(x.shape[0]):
         row = ref["x"][b]
         row = row[np.isfinite(row)]
@@ -86,6 +88,28 @@ def test_chunked_merge_equals_numpy(data, cuts):
         folded = folded.merge(p)
     np.testing.assert_array_equal(folded.count, tree_merge(parts).count)
     np.testing.assert_array_equal(folded.hist, tree_merge(parts).hist)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)),
+                    elements=floats),
+    mask=st.data(),
+    pixel_major=st.booleans(),
+)
+def test_fused_histogram_equals_the_numpy_bin_rule(data, mask, pixel_major):
+    """The one-pass kernel bins every value as HistogramSpec.bin_index does, in any layout."""
+    valid = mask.draw(st.none() | hnp.arrays(bool, data.shape[1:]))
+    block = np.ascontiguousarray(data.transpose(1, 2, 0)).transpose(2, 0, 1) if pixel_major \
+        else data
+    stats = BandStats.from_block(block, SPEC, valid)
+    ok = np.isfinite(data)
+    if valid is not None:
+        ok &= valid[None]
+    for b in range(data.shape[0]):
+        want = np.bincount(SPEC.bin_index(data[b][ok[b]]), minlength=SPEC.nbins)
+        np.testing.assert_array_equal(stats.hist[b], want)
+    np.testing.assert_array_equal(stats.invalid, (~ok).reshape(data.shape[0], -1).sum(1))
 
 
 @settings(max_examples=40, deadline=None)
