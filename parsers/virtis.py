@@ -41,6 +41,16 @@ def _text(v: Any) -> str:
     return str(v).strip().strip('"').upper() if v is not None else ""
 
 
+def instrument_id(label: Any) -> str:
+    """INSTRUMENT_ID of the label, else of its QUBE object, upper case ("" when none)."""
+    instrument = _text(label.get("INSTRUMENT_ID"))
+    if not instrument:
+        for key, block in label.objects():
+            if key.endswith("QUBE") and block.get("INSTRUMENT_ID") is not None:
+                instrument = _text(block.get("INSTRUMENT_ID"))
+    return instrument
+
+
 def channel_of(label: Any, path: Path) -> str:
     """Channel from ``<MISSION>:CHANNEL_ID`` (any namespace), else from the file-name letter.
 
@@ -254,11 +264,7 @@ def read(path: str | os.PathLike[str], *, allow_short: bool = False) -> VirtisCu
     from parsers.pds3_label import read_label
 
     label, _ = read_label(path)
-    instrument = _text(label.get("INSTRUMENT_ID"))
-    if not instrument:
-        for key, block in label.objects():
-            if key.endswith("QUBE") and block.get("INSTRUMENT_ID") is not None:
-                instrument = _text(block.get("INSTRUMENT_ID"))
+    instrument = instrument_id(label)
     if instrument != "VIRTIS":
         raise ProductError(path, f"not a VIRTIS product (INSTRUMENT_ID = {instrument or 'none'})"
                                  "; use parsers.pds3 for other QUBEs")
