@@ -75,7 +75,7 @@ def test_data_flows_one_way(path: Path) -> None:
 
 
 def test_reader_modules_reach_their_cli_only_as_entry_points() -> None:
-    for reader in ("pds3", "virtis", "sentinel2"):
+    for reader in ("pds3", "virtis", "sentinel2", "cube"):
         source = (REPO_ROOT / "parsers" / f"{reader}.py").read_text(encoding="utf-8")
         assert f"from parsers.cli.{reader} import main" in source, reader
         imported = imported_modules(REPO_ROOT / "parsers" / f"{reader}.py")

@@ -1,4 +1,5 @@
-"""The command-line front shared by ``python -m parsers.pds3`` and ``python -m parsers.virtis``.
+"""The command-line front shared by the cube readers (``python -m parsers.pds3``,
+``python -m parsers.virtis``, ``python -m parsers.cube``).
 
 ``FILE`` prints a summary; ``--json`` one JSON object; ``--export OUT.npy|OUT.h5`` writes
 ``load()`` (the .h5 also holds the suffix planes and the label as attributes);
@@ -34,9 +35,11 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Summarise, inspect or export a PDS3 QUBE.")
-    p.add_argument("file", help="product file (attached label) or detached .LBL")
+def build_parser(prog: str, description: str = "Summarise, inspect or export a PDS3 QUBE.",
+                 file_help: str = "product file (attached label) or detached .LBL"
+                 ) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=description)
+    p.add_argument("file", help=file_help)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--export", metavar="OUT", help="write load() to OUT.npy or OUT.h5")
     p.add_argument("--band", type=int, metavar="N", help="band for --png (0-based)")
@@ -238,7 +241,8 @@ def write_png(dest: str | os.PathLike[str], image: np.ndarray) -> None:
 
 
 def export(cube: Any, dest: str | os.PathLike[str]) -> Path:
-    """Write ``load()`` to .npy, or core + suffix planes + label attributes to .h5."""
+    """Write ``load()`` to .npy, or to .h5: core, suffix planes, per-band arrays
+    (wavelengths, fwhm, bad_bands) and the label or header as attributes."""
     dest = Path(dest)
     ext = dest.suffix.lower()
     if ext == ".npy":
@@ -254,29 +258,62 @@ def export(cube: Any, dest: str | os.PathLike[str]) -> Path:
             h5.create_dataset("core", data=data, chunks=(1, *data.shape[1:]))
             h5["core"].attrs["axes"] = "bands, lines, samples"
             for attr in ("backplanes", "sideplanes", "bottomplanes"):
-                planes = getattr(cube, attr)
+                planes = getattr(cube, attr, None)
                 if planes is not None:
                     ds = h5.create_dataset(attr, data=planes)
                     axis = {"backplanes": "BAND", "sideplanes": "SAMPLE",
                             "bottomplanes": "LINE"}[attr]
                     ds.attrs["names"] = json.dumps(cube.suffix_names(axis))
-            for attr in ("wavelengths", "valid_lines", "scet"):
+            for attr in ("wavelengths", "fwhm", "bad_bands", "valid_lines", "scet"):
                 value = getattr(cube, attr, None)
                 if value is not None:
                     h5.create_dataset(attr, data=value)
-            h5.attrs["label"] = json.dumps(_jsonable(cube.label))
-            for key, value in cube.label.items():
-                if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                    h5.attrs[key.replace("/", "_")] = value
-            h5.attrs["product_id"] = cube.product_id
+            _export_attributes(cube, h5.attrs)
         return dest
     raise UserError(f"{dest.name}: unsupported export format {ext or '(none)'} "
                     "(use .npy or .h5)")
 
 
-def run_cli(argv: Sequence[str] | None, *, prog: str, opener: Callable[..., Any]) -> int:
-    """Parse arguments, open the cube with ``opener`` and do what was asked."""
-    args = build_parser(prog).parse_args(argv)
+def _export_attributes(cube: Any, attrs: Any) -> None:
+    """HDF5 file attributes: the PDS3 label (JSON and its scalar keywords) or the
+    header/tags of a raster cube, plus product id, wavelength unit and band names."""
+    label = getattr(cube, "label", None)
+    if label is not None:
+        attrs["label"] = json.dumps(_jsonable(label))
+        for key, value in label.items():
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                attrs[key.replace("/", "_")] = value
+    metadata = getattr(cube, "metadata", None)
+    if metadata:
+        attrs["metadata"] = json.dumps(_jsonable(dict(metadata)))
+    for key in ("format", "wavelength_unit", "crs"):
+        value = getattr(cube, key, None)
+        if isinstance(value, str):
+            attrs[key] = value
+    for key in ("band_names", "transform"):
+        value = getattr(cube, key, None)
+        if value is not None:
+            attrs[key] = json.dumps(_jsonable(list(value)))
+    attrs["product_id"] = cube.product_id
+
+
+def _label_axis(cube: Any) -> tuple[np.ndarray | None, str | None]:
+    return cube.wavelengths, cube.wavelength_unit
+
+
+def run_cli(
+    argv: Sequence[str] | None, *, prog: str, opener: Callable[..., Any],
+    parser: argparse.ArgumentParser | None = None,
+    describe_fn: Callable[[Any], dict[str, Any]] = describe,
+    summary_fn: Callable[[dict[str, Any]], str] = summary_text,
+    axis: Callable[[Any], tuple[np.ndarray | None, str | None]] = _label_axis,
+) -> int:
+    """Parse arguments, open the cube with ``opener`` and do what was asked.
+
+    ``parser``, ``describe_fn`` (the --json object), ``summary_fn`` (its text form) and
+    ``axis`` (wavelengths and unit for --spectrum) default to the PDS3 ones of this module.
+    """
+    args = (parser or build_parser(prog)).parse_args(argv)
     if args.png and args.band is None:
         raise UserError("--png needs --band N")
     cube = opener(args.file, allow_short=args.allow_short)
@@ -297,18 +334,18 @@ def run_cli(argv: Sequence[str] | None, *, prog: str, opener: Callable[..., Any]
     if args.spectrum is not None:
         line, sample = args.spectrum
         values = cube.spectrum(line, sample)
-        wl = cube.wavelengths
-        unit = cube.wavelength_unit or ""
+        wl, unit = axis(cube)
+        unit = unit or ""
         print(f"# {cube.product_id} line {line} sample {sample}; wavelength [{unit}] value")
         for i, v in enumerate(values):
             x = f"{wl[i]:.6f}" if wl is not None else str(i)
             print(f"{x} {v:.7g}")
         return 0
     if args.json:
-        print(json.dumps(_jsonable(describe(cube)), sort_keys=False))
+        print(json.dumps(_jsonable(describe_fn(cube)), sort_keys=False))
         return 0
     if not did_output:
-        print(summary_text(describe(cube)))
+        print(summary_fn(describe_fn(cube)))
     else:
         for out in (args.export, args.png):
             if out:
