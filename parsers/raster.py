@@ -157,8 +157,12 @@ class RasterCube:
         raw = self._read(indexes, l0, l1 - l0, s0, s1 - s0)[:, ::ls, ::ss]
         return self._convert(raw, sel)
 
-    def read_lines(self, start: int, stop: int) -> np.ndarray:
-        """float32 ``(B, stop - start, S)``: streaming access by lines."""
+    def read_lines(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 ``(B, stop - start, S)``: streaming access by lines.
+
+        ``out`` is accepted for API parity with :meth:`parsers.pds3.Cube.read_lines` and
+        ignored (GDAL allocates the block).
+        """
         if not 0 <= start <= stop <= self.lines:
             raise IndexError(f"lines {start}:{stop} outside 0..{self.lines}")
         return self.window(slice(start, stop), slice(None))
