@@ -47,7 +47,7 @@ def _child(argv: list[str]) -> int:
         from pipeline import download_pds
 
         params = out.parent / f"{out.name}.params.yaml"
-        params.write_text("download_pds: {}\n")
+        params.write_text("download_pds:\n  channels: [VIRTIS_M_VIS]\n  product_types: [cal]\n")
         rc = download_pds.main(["--params", str(params), "--base-url", url, "--out", str(out),
                                 "--dataset", DATASET, "--max-files", "0", "--jobs", str(jobs),
                                 "--no-progress"])

@@ -1,17 +1,24 @@
-"""Download Rosetta VIRTIS products from a PDS3 archive (ESA PSA or PDS SBN), reproducibly.
+"""Download products of a PDS3 archive (ESA PSA, PDS SBN, PDS Rings node), reproducibly.
 
     python -m pipeline.download_pds --params params.yaml --out data/raw/virtis
     python -m pipeline.download_pds --dataset RO-C-VIRTIS-3-ESC1-MTP010-V2.0 --max-files 4
+    python -m pipeline.download_pds --base-url URL --dataset COVIMS_0094 --dry-run
     python -m pipeline.download_pds --locked data/raw/virtis/manifest.json --out elsewhere
 
-For every data set the archive's own index is used: ``INDEX/INDEX.LBL`` is parsed with pvl
-to learn the columns of ``INDEX/INDEX.TAB`` (file path, product id, start time, channel are
-found by name, never by position), rows are filtered by channel, product type, time range and
-count, and the files are fetched with :mod:`pipeline.fetch` (retries, Range resume, sha256,
-atomic rename). A data set without a usable index is walked through its HTML listings.
-Each product is opened with :func:`parsers.virtis.read` before it is kept. ``DIR/manifest.json``
-records URL, path, size, sha256 and the index row of every file; ``--locked MANIFEST`` fetches
-exactly those files again and fails if any byte differs.
+Made for Rosetta VIRTIS, usable for any PDS3 data set or volume with an index. The archive's
+own index is used: ``INDEX/INDEX.LBL`` is parsed by :mod:`parsers.pds3_label` (the project's
+one label parser, fast parser only: a malformed label is an answer in milliseconds, never a
+hang) and ``INDEX.TAB`` read by :mod:`parsers.pds3_table` (rows from the line ends, fields
+by ``START_BYTE`` and checked). File path, product id, start time, channel and size are found
+by column name, never by position. Rows are filtered by channel and product type (both
+optional: omitted or ``any`` keeps every row), time range and count, and the files are
+fetched with :mod:`pipeline.fetch` (retries, Range resume, sha256, atomic rename). A data set
+without a usable index is walked through its HTML listings (``listing_fallback``). Each QUBE
+product is opened with the VIRTIS reader (VIRTIS) or the generic PDS3 reader (any other
+instrument) before it is kept. ``DIR/manifest.json`` records URL, path, size, sha256 and the
+index row of every file; ``--locked MANIFEST`` fetches exactly those files again and fails if
+any byte differs. ``--dry-run`` prints the plan: archive-relative path, size (when the index
+gives it) and start time of each selected product, tab-separated; nothing is fetched.
 """
 
 from __future__ import annotations
@@ -21,24 +28,24 @@ import dataclasses
 import datetime as dt
 import difflib
 import html.parser
-import importlib
-import importlib.util
 import re
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-import pvl
-import pvl.decoder
 import requests
 
-from parsers.errors import UserError, cli_entry
+from parsers import pds3, virtis
+from parsers.errors import ProductError, UserError, cli_entry
+from parsers.pds3_label import parse_label_text, read_label
+from parsers.pds3_table import TableLayout, read_rows, table_layout
 from pipeline.fetch import (
+    PART_SUFFIX,
     RETRY_STATUSES,
     FetchJob,
     FetchResult,
@@ -56,6 +63,7 @@ from pipeline.manifest import (
     locked_jobs,
 )
 from pipeline.params import DEFAULT_PARAMS, from_dict, load_section, to_dict
+from pipeline.selection import pick
 
 PROG = "python -m pipeline.download_pds"
 SECTION = "download_pds"
@@ -63,6 +71,8 @@ DEFAULT_BASE_URL = "https://archives.esac.esa.int/psa/ftp/INTERNATIONAL-ROSETTA-
 DEFAULT_DATASET = "RO-C-VIRTIS-3-ESC1-MTP010-V2.0"
 CHANNELS = ("VIRTIS_M_VIS", "VIRTIS_M_IR", "VIRTIS_H")
 KIND_EXTENSIONS = {"raw": (".QUB",), "cal": (".CAL",), "geo": (".GEO", ".GE5")}
+QUBE_KINDS = tuple(KIND_EXTENSIONS)  # opened with a QUBE reader before they are kept
+ANY = "any"  # channel / product type filter that keeps every row
 KIND_ALIASES = {
     "raw": "raw", "qub": "raw", "edr": "raw",
     "cal": "cal", "calibrated": "cal", "rdr": "cal",
@@ -83,8 +93,11 @@ class DownloadPdsParams:
 
     base_url: str = DEFAULT_BASE_URL
     datasets: tuple[str, ...] = (DEFAULT_DATASET,)
-    channels: tuple[str, ...] = ("VIRTIS_M_VIS",)
-    product_types: tuple[str, ...] = ("cal",)  # raw (.QUB), cal (.CAL), geo (.GEO/.GE5)
+    # Optional filters; empty (or [any]) keeps every row. Channels: VIRTIS_M_VIS, ... or the
+    # index's channel column values; types: raw (.QUB), cal (.CAL), geo (.GEO/.GE5) or any
+    # other file extension (img, lbl, ...).
+    channels: tuple[str, ...] = ()
+    product_types: tuple[str, ...] = ()
     max_files: int | None = 4  # over all data sets; None: no limit
     max_per_dataset: int | None = None
     start_time: str | None = None  # ISO UTC, inclusive, compared with the index START_TIME
@@ -109,18 +122,8 @@ class DownloadPdsParams:
             object.__setattr__(self, "base_url", self.base_url + "/")
         if not self.datasets:
             raise ValueError("datasets: give at least one data set id")
-        bad = [c for c in self.channels if c.upper() not in CHANNELS]
-        if bad or not self.channels:
-            raise ValueError(f"channels: {bad or '[]'} not in {list(CHANNELS)}")
-        object.__setattr__(self, "channels", tuple(c.upper() for c in self.channels))
-        kinds = []
-        for k in self.product_types:
-            if k.lower() not in KIND_ALIASES:
-                raise ValueError(f"product_types: {k!r} is not raw/QUB, cal/CAL or geo/GEO")
-            kinds.append(KIND_ALIASES[k.lower()])
-        if not kinds:
-            raise ValueError("product_types: give at least one of raw, cal, geo")
-        object.__setattr__(self, "product_types", tuple(dict.fromkeys(kinds)))
+        object.__setattr__(self, "channels", _channel_filter(self.channels))
+        object.__setattr__(self, "product_types", _kind_filter(self.product_types))
         for name in ("max_files", "max_per_dataset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (or null for no limit)")
@@ -131,11 +134,44 @@ class DownloadPdsParams:
             if value is not None and parse_time(value) is None:
                 raise ValueError(f"{name}: {value!r} is not an ISO date/time")
 
+    def wants(self, channel: str | None, kind: str | None) -> bool:
+        """True when a product of ``channel`` and ``kind`` passes the filters."""
+        return ((not self.channels or channel in self.channels)
+                and (not self.product_types or kind in self.product_types))
+
     def query(self) -> dict[str, Any]:
         """The selection part of the settings, recorded in the manifest."""
         keys = ("base_url", "datasets", "channels", "product_types", "max_files",
                 "max_per_dataset", "start_time", "stop_time", "selection")
         return {k: to_dict(getattr(self, k)) for k in keys}
+
+
+def _channel_filter(values: Sequence[str]) -> tuple[str, ...]:
+    """Upper-cased channel names; () when empty or ``any`` is among them."""
+    out = []
+    for v in values:
+        name = str(v).strip().upper().replace("-", "_")
+        if name == ANY.upper():
+            return ()
+        if not re.fullmatch(r"[A-Z0-9_]+", name):
+            raise ValueError(f"channels: {v!r} is not a channel name (e.g. {CHANNELS[0]}, any)")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+def _kind_filter(values: Sequence[str]) -> tuple[str, ...]:
+    """Product kinds (raw/cal/geo via their aliases, else a file extension, lower case);
+    () when empty or ``any`` is among them."""
+    out = []
+    for v in values:
+        name = str(v).strip().lower().lstrip(".")
+        if name == ANY:
+            return ()
+        if name not in KIND_ALIASES and not re.fullmatch(r"[a-z0-9]{1,8}", name):
+            raise ValueError(f"product_types: {v!r} is not raw/QUB, cal/CAL, geo/GEO, any, "
+                             "or a file extension")
+        out.append(KIND_ALIASES.get(name, name))
+    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -152,6 +188,7 @@ class Candidate:
     start_time: str | None
     source: Literal["index", "listing"]
     row: dict[str, str] | None = field(default=None, compare=False)
+    size: int | None = None  # bytes, when the index gives it
 
     @property
     def url(self) -> str:
@@ -166,9 +203,16 @@ class Candidate:
             "product_id": self.product_id, "dataset": self.dataset, "channel": self.channel,
             "kind": self.kind, "start_time": self.start_time, "source": self.source,
         }
+        if self.size is not None:
+            meta["index_size"] = self.size
         if self.row is not None:
             meta["index_row"] = self.row
         return meta
+
+    def plan_line(self) -> str:
+        """The ``--dry-run`` line: archive-relative path, size (or -), start time (or -)."""
+        size = "-" if self.size is None else str(self.size)
+        return f"{self.local}\t{size}\t{self.start_time or '-'}"
 
 
 # ------------------------------------------------------------------------- small parsers
@@ -199,12 +243,13 @@ def parse_time(text: str | None) -> dt.datetime | None:
 
 
 def kind_of(name: str) -> str | None:
-    """Product kind (raw/cal/geo) from a file name's extension, any letter case."""
+    """Product kind from a file name's extension, any letter case: raw/cal/geo for the
+    QUBE extensions, else the extension itself in lower case (None without one)."""
     suffix = PurePosixPath(name).suffix.upper()
     for kind, exts in KIND_EXTENSIONS.items():
         if suffix in exts:
             return kind
-    return None
+    return suffix[1:].lower() or None
 
 
 def channel_of(relpath: str) -> str | None:
@@ -219,111 +264,26 @@ def channel_of(relpath: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class IndexTable:
-    """What INDEX.LBL says about INDEX.TAB: columns (name, 1-based start byte, bytes), the
-    table file's name, where its rows start and how many there are."""
-
-    columns: tuple[tuple[str, int, int], ...]
-    table_name: str | None
-    row_bytes: int | None = None
-    n_rows: int | None = None
-    start: tuple[int, bool] | None = None  # 1-based (n, in bytes?) from the pointer
-    record_bytes: int | None = None
-    structure: str | None = None  # ^STRUCTURE file that holds the COLUMN objects
-
-    def offset(self, size: int) -> int:
-        """Bytes before the first row (a header row, for instance)."""
-        if self.start is None:
-            return 0
-        n, in_bytes = self.start
-        if not in_bytes and self.record_bytes and (n - 1) * self.record_bytes < size:
-            return (n - 1) * self.record_bytes
-        # A record number past the end is a byte offset in disguise (seen in PDS labels).
-        return n - 1 if n - 1 < size else 0
-
-    def rows(self, data: bytes) -> list[dict[str, str]]:
-        """The table's rows as {column name: stripped, unquoted text}."""
-        text = data[self.offset(len(data)):].decode("latin-1")
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if self.n_rows is not None:
-            lines = lines[: self.n_rows]
-        return [
-            {name: ln[start - 1:start - 1 + width].strip().strip('"').strip()
-             for name, start, width in self.columns}
-            for ln in lines
-        ]
-
-
-class _LabelDecoder(pvl.decoder.OmniDecoder):
-    """pvl's decoder without date/time decoding (4x faster; the index label needs none)."""
-
-    def decode_datetime(self, value: str):
-        raise ValueError(value)
-
-
-def _loads(text: str, where: str) -> Any:
+def parse_index_label(text: str, where: str) -> TableLayout:
+    """The table layout an index label describes; UserError naming ``where`` (the label's
+    URL) and the problem when the label does not parse or has no usable TABLE object."""
     try:
-        return pvl.loads(text, decoder=_LabelDecoder())
-    except Exception as exc:  # pvl raises several unrelated types on bad labels
-        why = " ".join(str(exc).split())[:120]
-        raise UserError(f"{where}: the label does not parse ({why})") from None
+        return table_layout(parse_label_text(text, where, pvl_fallback=False), where)
+    except ProductError as exc:
+        raise UserError(f"{where}: {exc.problem}") from None
 
 
-def _columns(obj: Any, where: str) -> list[tuple[str, int, int]]:
-    cols = obj.getall("COLUMN") if hasattr(obj, "getall") and "COLUMN" in obj else []
-    out = []
-    for col in cols:
-        try:
-            out.append((str(col["NAME"]).upper(), int(col["START_BYTE"]), int(col["BYTES"])))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{where}: a COLUMN lacks NAME, START_BYTE or BYTES") from None
-    return out
+def parse_columns(text: str, where: str) -> TableLayout:
+    """The COLUMN objects of a ``^STRUCTURE`` format file (as a layout without a file)."""
+    from parsers.pds3_label import table_columns
 
-
-def parse_columns(text: str, where: str) -> list[tuple[str, int, int]]:
-    """COLUMN objects of a format (``^STRUCTURE``) file."""
-    return _columns(_loads(text, where), where)
-
-
-def parse_index_label(text: str, where: str) -> IndexTable:
-    """Read the TABLE object of a PDS3 index label; UserError naming ``where`` if unusable."""
-    label = _loads(text, where)
-    table_key, table = None, None
-    for key, value in label.items():
-        if (isinstance(value, pvl.PVLModule | pvl.PVLObject | dict)
-                and str(key).upper().endswith("TABLE")
-                and ("COLUMN" in value or "^STRUCTURE" in value)):
-            table_key, table = str(key), value
-            break
-    if table is None or table_key is None:
-        raise UserError(f"{where}: INDEX.LBL has no TABLE object with COLUMN objects")
-    structure = table.get("^STRUCTURE")
-    columns = _columns(table, where)
-    pointer = label.get(f"^{table_key}")
-    if pointer is None:
-        pointer = next((v for k, v in label.items() if str(k).upper().endswith("TABLE")
-                        and str(k).startswith("^")), None)
-    name, start = None, None
-    if isinstance(pointer, str):
-        name = pointer
-    elif isinstance(pointer, (list, tuple)) and pointer:
-        name = str(pointer[0])
-        if len(pointer) > 1:
-            n = pointer[1]
-            unit = str(getattr(n, "units", "")).upper()
-            start = (int(getattr(n, "value", n)), unit == "BYTES")
-
-    def num(v: Any) -> int | None:
-        try:
-            return int(v) if v is not None else None
-        except (TypeError, ValueError):
-            return None
-
-    return IndexTable(
-        tuple(columns), name, num(table.get("ROW_BYTES")), num(table.get("ROWS")), start,
-        num(label.get("RECORD_BYTES")), str(structure) if structure and not columns else None,
-    )
+    try:
+        if not re.search(r"(?im)^[ \t]*END[ \t]*$", text):
+            text += "\r\nEND\r\n"  # format files are label fragments, often without END
+        block = parse_label_text(text, where, pvl_fallback=False)
+        return TableLayout("STRUCTURE", tuple(table_columns(block, where)))
+    except ProductError as exc:
+        raise UserError(f"{where}: {exc.problem}") from None
 
 
 def _first_column(names: Sequence[str], *patterns: str) -> str | None:
@@ -427,10 +387,12 @@ class Archive:
     def locate(self, dataset: str) -> tuple[str, str, str | None]:
         """(folder name, folder URL, index label URL or None) of a data set, either case."""
         tried = []
+        # PSA: upper case; PDS SBN: lower case; PDS Rings node: COVIMS_0094/index/index.lbl
         for name, index in ((dataset.upper(), "INDEX/INDEX.LBL"),
-                            (dataset.lower(), "index/index.lbl")):
+                            (dataset.lower(), "index/index.lbl"),
+                            (dataset.upper(), "index/index.lbl")):
             url = self.base + quote(name) + "/"
-            tried.append(url)
+            tried.append(url + index)
             resp = self.get(url + index)
             if resp is not None:
                 self._labels[url + index] = resp.content
@@ -458,53 +420,14 @@ class Archive:
 
     def index_rows(self, dataset: str, folder: str, folder_url: str, label_url: str
                    ) -> list[Candidate]:
-        """Candidates from the data set's INDEX.LBL + INDEX.TAB (all rows, unfiltered)."""
+        """Candidates from the data set's index label + table (all rows, unfiltered)."""
         label = self._labels.get(label_url)
         if label is None:
             resp = self.get(label_url)
             if resp is None:
                 raise UserError(f"{label_url}: not found")
             label = resp.content
-        table = parse_index_label(label.decode("latin-1"), label_url)
-        label_dir = label_url.rsplit("/", 1)[0] + "/"
-        if table.structure:  # the COLUMN objects live in a separate format file
-            fmt = self._get_any(label_dir, table.structure)
-            if fmt is None:
-                raise UserError(f"{label_dir}: the format file {table.structure} is missing")
-            columns = parse_columns(fmt.decode("latin-1"), label_dir + table.structure)
-            table = dataclasses.replace(table, columns=tuple(columns), structure=None)
-        if not table.columns:
-            raise UserError(f"{label_url}: the index table has no columns")
-        tab_name = table.table_name or "INDEX.TAB"
-        data = self._get_any(label_dir, tab_name)
-        if data is None:
-            raise UserError(f"{label_dir}: the index table {tab_name} is missing")
-        rows = table.rows(data)
-        col_names = [c[0] for c in table.columns]
-        if rows and row_path(rows[0]) is None:
-            raise UserError(
-                f"{label_url}: no file path column among {', '.join(col_names)}"
-            )
-        pid_col = _first_column(col_names, r"PRODUCT_ID", r".*PRODUCT_ID")
-        time_col = _first_column(col_names, r"START_TIME", r".*START_TIME")
-        chan_col = _first_column(col_names, r"CHANNEL_ID", r".*CHANNEL.*")
-        lower = folder != folder.upper() and folder == folder.lower()
-        out = []
-        for row in rows:
-            path = row_path(row)
-            if not path:
-                continue
-            rel = _relative_to_dataset(path, dataset)
-            if lower:
-                rel = rel.lower()
-            channel = (row.get(chan_col) or "").upper() if chan_col else ""
-            out.append(Candidate(
-                dataset, folder_url, folder, rel,
-                (row.get(pid_col) if pid_col else "") or PurePosixPath(rel).name.upper(),
-                channel if channel in CHANNELS else channel_of(rel), kind_of(rel),
-                row.get(time_col) if time_col else None, "index", row,
-            ))
-        return out
+        return index_candidates(label, label_url, self._get_any, dataset, folder, folder_url)
 
     def _get_any(self, folder_url: str, name: str) -> bytes | None:
         """Body of ``name`` in ``folder_url`` as written, upper- or lower-cased; None if absent."""
@@ -526,6 +449,7 @@ class Archive:
             raise UserError(f"{folder_url}: no usable index and no DATA/ folder to walk")
         want_channels = set(self.params.channels)
         want_kinds = set(self.params.product_types)
+        params = self.params
         queue, found, pages = [start], [], 0
         while queue:
             url = queue.pop(0)
@@ -538,13 +462,15 @@ class Archive:
             for name, is_dir in listing_children(resp.text, url):
                 upper = name.upper()
                 if is_dir:
-                    if upper in CHANNELS and upper not in want_channels:
+                    if want_channels and upper in CHANNELS and upper not in want_channels:
                         continue
-                    if upper in KIND_FOLDERS and KIND_FOLDERS[upper] not in want_kinds:
+                    if (want_kinds and upper in KIND_FOLDERS
+                            and KIND_FOLDERS[upper] not in want_kinds):
                         continue
                     queue.append(url + quote(name) + "/")
-                elif kind_of(name) in want_kinds:
-                    rel = unquote(url[len(folder_url):]) + name
+                    continue
+                rel = unquote(url[len(folder_url):]) + name
+                if params.wants(channel_of(rel), kind_of(name)):
                     found.append(Candidate(
                         dataset, folder_url, folder, rel, name.upper(), channel_of(rel),
                         kind_of(rel), None, "listing",
@@ -552,12 +478,88 @@ class Archive:
         return found
 
 
+def index_candidates(
+    label: bytes, label_url: str, get: Callable[[str, str], bytes | None], dataset: str,
+    folder: str, folder_url: str,
+) -> list[Candidate]:
+    """Candidates from an index label's bytes; ``get(folder_url, name)`` returns the bytes of
+    a file next to the label (the table, a ``^STRUCTURE`` file) or None when it is absent.
+
+    Any problem with the label or the table is a UserError naming the file (one line).
+    """
+    layout = parse_index_label(label.decode("latin-1"), label_url)
+    label_dir = label_url.rsplit("/", 1)[0] + "/"
+    if layout.structure:  # the COLUMN objects live in a separate format file
+        fmt = get(label_dir, layout.structure)
+        if fmt is None:
+            raise UserError(f"{label_dir}: the format file {layout.structure} is missing")
+        columns = parse_columns(fmt.decode("latin-1"), label_dir + layout.structure).columns
+        layout = dataclasses.replace(layout, columns=columns, structure=None)
+    tab_name = layout.file_name or "INDEX.TAB"
+    data = get(label_dir, tab_name)
+    if data is None:
+        raise UserError(f"{label_dir}: the index table {tab_name} is missing")
+    try:
+        table = read_rows(layout, data, label_dir + tab_name)
+    except ProductError as exc:
+        raise UserError(f"{label_dir + tab_name}: {exc.problem}") from None
+    for note in table.notes:
+        warnings.warn(f"{label_dir + tab_name}: {note}", stacklevel=1)
+    names = [c.name for c in layout.columns]
+    cols = _IndexColumns.of(names)
+    lower = folder != folder.upper() and folder == folder.lower()
+    out = []
+    for row in table.rows:
+        path = row_path(row)
+        if path:
+            rel = _relative_to_dataset(path, dataset)
+            out.append(cols.candidate(row, dataset, folder_url, folder,
+                                      rel.lower() if lower else rel))
+    if not out:
+        raise UserError(f"{label_url}: no file path column among {', '.join(names)}")
+    return out
+
+
+@dataclass(frozen=True)
+class _IndexColumns:
+    """Which index columns hold the product id, start time, channel and file size."""
+
+    pid: str | None
+    time: str | None
+    channel: str | None
+    size: str | None
+
+    @classmethod
+    def of(cls, names: Sequence[str]) -> _IndexColumns:
+        return cls(
+            _first_column(names, r"PRODUCT_ID", r".*PRODUCT_ID"),
+            _first_column(names, r"START_TIME", r".*START_TIME", r"IMAGE_TIME"),
+            _first_column(names, r"CHANNEL_ID", r".*CHANNEL.*"),
+            _first_column(names, r"FILE_SIZE", r"FILE_BYTES", r"PRODUCT_SIZE",
+                          r".*FILE_SIZE"),
+        )
+
+    def candidate(self, row: dict[str, str], dataset: str, folder_url: str, folder: str,
+                  rel: str) -> Candidate:
+        raw = (row.get(self.channel) or "").upper().replace("-", "_") if self.channel else ""
+        channel = raw if raw in CHANNELS else channel_of(rel) or raw or None
+        size = row.get(self.size, "") if self.size else ""
+        return Candidate(
+            dataset, folder_url, folder, rel,
+            (row.get(self.pid) if self.pid else "") or PurePosixPath(rel).name.upper(),
+            channel, kind_of(rel), (row.get(self.time) or None) if self.time else None,
+            "index", row, int(size) if size.isdigit() else None,
+        )
+
+
 def _relative_to_dataset(path: str, dataset: str) -> str:
-    """Index paths are relative to the volume root; drop a leading data set folder."""
-    parts = path.replace("\\", "/").split("/")
+    """Index paths are relative to the volume root (some with a leading '/'); drop a
+    leading data set folder."""
+    path = path.replace("\\", "/").lstrip("/")
+    parts = path.split("/")
     if len(parts) > 1 and parts[0].upper() == dataset.upper():
         return "/".join(parts[1:])
-    return path.replace("\\", "/")
+    return path
 
 
 def _reason(exc: BaseException) -> str:
@@ -569,22 +571,12 @@ def _reason(exc: BaseException) -> str:
 # ------------------------------------------------------------------------- selection
 
 
-def _spread(items: list[Candidate], k: int | None, how: str) -> list[Candidate]:
-    if k is None or len(items) <= k:
-        return items
-    if how == "first" or k == 1:
-        return items[:k]
-    n = len(items)
-    picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
-    return [items[i] for i in picks]
-
-
 def filter_candidates(cands: list[Candidate], params: DownloadPdsParams) -> list[Candidate]:
     """Keep the candidates of the wanted channels, kinds and time range (order kept)."""
     start, stop = parse_time(params.start_time), parse_time(params.stop_time)
     out = []
     for c in cands:
-        if c.kind not in params.product_types or c.channel not in params.channels:
+        if not params.wants(c.channel, c.kind):
             continue
         if start or stop:
             t = parse_time(c.start_time)
@@ -609,6 +601,7 @@ def select(archive: Archive, params: DownloadPdsParams) -> list[Candidate]:
                 warnings.warn(f"{exc}; walking the listings instead", stacklevel=1)
         elif not params.listing_fallback:
             raise UserError(f"{folder_url}: no INDEX/INDEX.LBL and listing_fallback is off")
+        all_cands = cands
         if cands is None:
             if params.start_time or params.stop_time:
                 warnings.warn(f"{dataset}: no index, so the time range cannot be applied; "
@@ -616,16 +609,16 @@ def select(archive: Archive, params: DownloadPdsParams) -> list[Candidate]:
                 params_nt = dataclasses.replace(params, start_time=None, stop_time=None)
             else:
                 params_nt = params
-            cands = filter_candidates(archive.walk(dataset, folder, folder_url), params_nt)
+            all_cands = archive.walk(dataset, folder, folder_url)
+            cands = filter_candidates(all_cands, params_nt)
         else:
             cands = filter_candidates(cands, params)
         if not cands:
-            warnings.warn(f"{dataset}: no product matches channels {list(params.channels)}, "
-                          f"types {list(params.product_types)}"
+            warnings.warn(f"{dataset}: no product matches {_filters(params)}"
                           + (" and the time range" if params.start_time or params.stop_time
-                             else ""), stacklevel=1)
-        chosen += _spread(cands, params.max_per_dataset, params.selection)
-    chosen = _spread(chosen, params.max_files, params.selection)
+                             else "") + _seen(all_cands), stacklevel=1)
+        chosen += pick(cands, params.max_per_dataset, params.selection)
+    chosen = pick(chosen, params.max_files, params.selection)
     for c in chosen:  # refuse paths leaving --out before anything is written
         try:
             safe_join(params.out, c.local)
@@ -637,16 +630,35 @@ def select(archive: Archive, params: DownloadPdsParams) -> list[Candidate]:
     return chosen
 
 
+def _filters(params: DownloadPdsParams) -> str:
+    return (f"channels {list(params.channels) or ANY}, "
+            f"types {list(params.product_types) or ANY}")
+
+
+def _seen(cands: Sequence[Candidate] | None) -> str:
+    """What the index offers, to help fix a filter (e.g. '; the index has channels X')."""
+    if not cands:
+        return ""
+    channels = sorted({c.channel for c in cands if c.channel})[:6]
+    kinds = sorted({c.kind for c in cands if c.kind})[:6]
+    return (f"; the data set has channels {channels or '-'}, types {kinds or '-'} "
+            f"({len(cands)} products)")
+
+
 # ------------------------------------------------------------------------- verification
 
 
 def verify_product(path: Path) -> None:
-    """Open a downloaded product with the VIRTIS reader: the label must parse and the file
-    must hold the bytes the label announces (the reader checks this); read one line."""
-    # parsers.virtis adds VIRTIS semantics on top of the generic QUBE reader parsers.pds3;
-    # both check the label's byte accounting against the file size.
-    name = "parsers.virtis" if importlib.util.find_spec("parsers.virtis") else "parsers.pds3"
-    cube = importlib.import_module(name).read(path)
+    """Open a downloaded QUBE product (raw/cal/geo kinds; other files are only hashed):
+    the label must parse and the file must hold the bytes the label announces (the reader
+    checks this); read one line. VIRTIS products go through :mod:`parsers.virtis`, any
+    other instrument's through the generic :mod:`parsers.pds3`."""
+    name = path.name[: -len(PART_SUFFIX)] if path.name.endswith(PART_SUFFIX) else path.name
+    if kind_of(name) not in QUBE_KINDS:
+        return
+    label, _ = read_label(path)
+    reader: Any = virtis if "VIRTIS" in str(label.get("INSTRUMENT_ID", "")).upper() else pds3
+    cube = reader.read(path)
     if cube.lines:
         cube.read_lines(0, 1)
 
@@ -718,8 +730,8 @@ def run(params: DownloadPdsParams, *, dry_run: bool = False, progress: bool | No
                 lock = rebase(lock, rebase_to)
             jobs = locked_jobs(lock, out)
             if dry_run:
-                for j in jobs:
-                    print(j.url)
+                for e in lock.files:
+                    print(f"{e.path}\t{e.size}\t{e.meta.get('start_time') or '-'}")
                 return RunReport(len(jobs), 0, 0, 0, 0.0, out / MANIFEST_NAME, [])
             results = fetch_all(session, jobs, params.jobs, verify, desc="download_pds",
                                 progress=progress)
@@ -740,7 +752,7 @@ def run(params: DownloadPdsParams, *, dry_run: bool = False, progress: bool | No
                 archive.close()
             if dry_run:
                 for c in chosen:
-                    print(f"{c.url}\t{c.channel}\t{c.kind}\t{c.start_time or '-'}")
+                    print(c.plan_line())
                 return RunReport(len(chosen), 0, 0, 0, 0.0, out / MANIFEST_NAME, [])
             if not chosen:
                 raise UserError("nothing to download: no product matches the selection")
@@ -804,9 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", metavar="ID",
                    help=f"data set id, repeatable (default {DEFAULT_DATASET})")
     p.add_argument("--channel", action="append", type=str.upper, metavar="CH",
-                   help=f"repeatable: {', '.join(CHANNELS)}")
+                   help=f"repeatable: {', '.join(CHANNELS)}, a value of the index's channel "
+                   "column, or any (default: every channel)")
     p.add_argument("--product-type", action="append", metavar="T",
-                   help="repeatable: raw|QUB, cal|CAL, geo|GEO")
+                   help="repeatable: raw|QUB, cal|CAL, geo|GEO, a file extension, or any "
+                   "(default: every type)")
     p.add_argument("--max-files", type=int, metavar="N",
                    help="at most N files in all (0: no limit)")
     p.add_argument("--max-per-dataset", type=int, metavar="N", help="at most N per data set")
@@ -821,7 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fetch exactly the files of this manifest; fail if any sha256 differs "
                    "(with --base-url: from that mirror)")
     p.add_argument("--no-verify", action="store_true", help="do not open products after download")
-    p.add_argument("--dry-run", action="store_true", help="print the selection, fetch nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (path, size, start time per product); fetch nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

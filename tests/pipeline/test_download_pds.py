@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from parsers.pds3_table import read_rows
 from pipeline import download_pds
 from pipeline.download_pds import (
     DownloadPdsParams,
@@ -50,7 +51,9 @@ def archive(tmp_path_factory) -> tuple[Path, list]:
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text("download_pds:\n  backoff: 0.01\n  jobs: 3\n  connect_timeout: 2.0\n")
+    # the repository's params.yaml names the channel and type; the dataclass keeps every row
+    path.write_text("download_pds:\n  backoff: 0.01\n  jobs: 3\n  connect_timeout: 2.0\n"
+                    "  channels: [VIRTIS_M_VIS]\n  product_types: [cal]\n")
     return path
 
 
@@ -365,20 +368,27 @@ def test_params_file_and_flag_overrides(archive, tmp_path, capsys) -> None:
     params.write_text("download_pds:\n  chanels: [VIRTIS_M_IR]\n")
     assert download_pds.main(["--params", str(params)]) == 2
     assert "unknown key(s) chanels" in capsys.readouterr().err
-    params.write_text("download_pds:\n  channels: [VIRTIS_X]\n")
+    params.write_text("download_pds:\n  channels: [VIRTIS M VIS]\n")
     assert download_pds.main(["--params", str(params)]) == 2
-    assert "VIRTIS_X" in capsys.readouterr().err
+    assert "'VIRTIS M VIS' is not a channel name" in capsys.readouterr().err
+    params.write_text("download_pds:\n  product_types: [c/al]\n")
+    assert download_pds.main(["--params", str(params)]) == 2
+    assert "'c/al' is not raw/QUB" in capsys.readouterr().err
 
 
 def test_params_defaults_point_at_the_real_psa() -> None:
     p = DownloadPdsParams()
     assert p.base_url.startswith("https://archives.esac.esa.int/psa/ftp/INTERNATIONAL-ROSETTA")
     assert p.datasets == ("RO-C-VIRTIS-3-ESC1-MTP010-V2.0",)
-    assert p.channels == ("VIRTIS_M_VIS",) and p.product_types == ("cal",)
+    assert p.channels == () and p.product_types == ()  # no filter: every row
     assert p.verify_products and p.max_files == 4
     with pytest.raises(ValueError, match="only http"):
         DownloadPdsParams(base_url="ftp://x/")
     assert DownloadPdsParams(product_types=("QUB", "GE5")).product_types == ("raw", "geo")
+    assert DownloadPdsParams(product_types=("IMG", ".lbl")).product_types == ("img", "lbl")
+    assert DownloadPdsParams(product_types=("cal", "ANY")).product_types == ()
+    assert DownloadPdsParams(channels=("virtis-m-ir", "any")).channels == ()
+    assert DownloadPdsParams(channels=("virtis-m-ir",)).channels == ("VIRTIS_M_IR",)
     with pytest.raises((ValueError, ParamsError)):
         DownloadPdsParams(start_time="yesterday")
 
@@ -395,7 +405,7 @@ def test_parse_time_forms() -> None:
 
 def test_kind_channel_and_row_path() -> None:
     assert kind_of("x/V1_1.cal") == "cal" and kind_of("a.QUB") == "raw"
-    assert kind_of("a.GE5") == "geo" and kind_of("a.LBL") is None
+    assert kind_of("a.GE5") == "geo" and kind_of("a.LBL") == "lbl" and kind_of("README") is None
     assert channel_of("data/stp1/cal/virtis_m_ir/i1_1.cal") == "VIRTIS_M_IR"
     assert channel_of("T1_00383120708.GEO") == "VIRTIS_H"
     assert row_path({"PATH_NAME": "DATA/X/", "FILE_NAME": "A.CAL"}) == "DATA/X/A.CAL"
@@ -408,9 +418,9 @@ def test_index_label_columns_are_read_not_assumed(tmp_path) -> None:
     lbl, tab = write_index(tmp_path, [{"DATA_SET_ID": DS1, "PATH_NAME": "DATA/",
                                        "FILE_NAME": "V1_1.CAL", "PRODUCT_ID": "V1_1.CAL"}])
     table = parse_index_label(lbl.read_text(), "INDEX.LBL")
-    assert table.table_name == "INDEX.TAB"
-    assert [c[0] for c in table.columns][:3] == ["DATA_SET_ID", "PATH_NAME", "FILE_NAME"]
-    (row,) = table.rows(tab.read_bytes())
+    assert table.file_name == "INDEX.TAB"
+    assert [c.name for c in table.columns][:3] == ["DATA_SET_ID", "PATH_NAME", "FILE_NAME"]
+    (row,) = read_rows(table, tab.read_bytes(), "INDEX.TAB").rows
     assert row["PATH_NAME"] == "DATA/" and row["FILE_NAME"] == "V1_1.CAL"
     assert tab.read_bytes().endswith(b"\r\n")
 
