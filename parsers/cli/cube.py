@@ -8,6 +8,7 @@ layout facts; ``--spectrum`` prints wavelengths in nm for every format.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,12 +119,12 @@ def summary_text(info: dict[str, Any]) -> str:
         out.append(f"  wavelengths      {lo:.2f} .. {hi:.2f} nm{extra}")
     if info["bad_bands"] is not None:
         out.append(f"  bad bands (bbl)  {info['bad_bands']} of {info['bands']}")
+    if info["band_names"]:
+        names = info["band_names"]
+        more = f", ... ({len(names)})" if len(names) > 4 else ""
+        out.append(f"  band names       {', '.join(names[:4])}{more}")
     if info["map_info"] or info["crs"]:
-        mi = info["map_info"] or {}
-        size = mi.get("pixel_size")
-        where = f"{mi.get('projection', 'CRS')}" + (f", pixel {size[0]:g} x {size[1]:g}"
-                                                    if size else "")
-        out.append(f"  georeferencing   {where}")
+        out.append(f"  georeferencing   {_where(info)}")
     out.append(f"  valid fraction   {info['valid_fraction']:.6f}")
     out.append("  band  wavelength[nm]         min          max         mean")
     for row in info["band_overview"]:
@@ -133,9 +134,27 @@ def summary_text(info: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _where(info: dict[str, Any]) -> str:
+    """"UTM zone 11 North, pixel 30 x 30" from the map info, else the CRS name and the
+    transform's pixel size."""
+    mi = info["map_info"] or {}
+    if mi:
+        name = mi["projection"] + (f" zone {mi['zone']} {mi['hemisphere']}" if "zone" in mi
+                                   else "")
+        size = mi["pixel_size"]
+    else:
+        m = re.search(r'^[A-Z]+CRS\["([^"]+)"|^[A-Z]+CS\["([^"]+)"', info["crs"] or "")
+        name = next((g for g in m.groups() if g), "CRS") if m else "CRS"
+        t = info["transform"]
+        size = (abs(t[0]), abs(t[4])) if t else None
+    return name + (f", pixel {size[0]:g} x {size[1]:g}" if size else "")
+
+
 def _axis(cube: Any) -> tuple[np.ndarray | None, str | None]:
     wl = wavelengths_nm(cube)
-    return wl, "nm" if wl is not None else None
+    if wl is None:
+        return None, None
+    return np.round(wl.astype(np.float64), 4), "nm"  # float32 digits beyond 4 are noise
 
 
 @cli_entry(PROG)

@@ -68,7 +68,8 @@ def test_json_of_a_georeferenced_envi_cube_with_bad_bands(tmp_path, capsys):
     assert info["valid_fraction"] == pytest.approx(1 - 1 / data.size)
     assert main([str(files.header)]) == 0
     out = capsys.readouterr().out
-    assert "bad bands (bbl)  1 of 5" in out and "georeferencing   UTM, pixel 30 x 30" in out
+    assert "bad bands (bbl)  1 of 5" in out
+    assert "georeferencing   UTM zone 11 North, pixel 30 x 30" in out
 
 
 def test_export_png_and_spectrum(realdata, tmp_path, capsys):
