@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from parsers.errors import ProductError
+from parsers.errors import ProductError, UserError
 
 _CHUNK_BYTES = 32 << 20
 _INTERLEAVE = {"BAND": "BSQ", "LINE": "BIL", "PIXEL": "BIP"}
@@ -43,8 +43,12 @@ def gdal_message(exc: BaseException, path: str | os.PathLike[str] | None = None)
 
 def open_dataset(data_path: Path, label: Path) -> Any:
     """``rasterio.open`` with any failure turned into a one-line ProductError naming ``label``."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    try:
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    except ImportError:
+        raise UserError(f"{label.name}: reading ENVI and GeoTIFF cubes needs rasterio "
+                        "(pip install 'sscnet-pipeline[cube]')") from None
 
     try:
         with warnings.catch_warnings():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -190,3 +191,12 @@ def test_detached_vims_label_without_its_data_file(realdata):
     assert detect_format(path) == "pds3"
     with pytest.raises(ProductError, match=r"data file not found: v1487096932_1\.qub"):
         open_cube(path)
+
+
+def test_missing_rasterio_is_one_line(samples, monkeypatch):
+    files, _ = samples
+    monkeypatch.setitem(sys.modules, "rasterio", None)  # import rasterio -> ImportError
+    with pytest.raises(UserError, match=r"scene\.img: reading ENVI and GeoTIFF cubes needs "
+                                        r"rasterio \(pip install 'sscnet-pipeline\[cube\]'\)"):
+        open_cube(files["envi"])
+    assert open_cube(files["pds3"]).bands == 6  # PDS3 needs no GDAL
