@@ -1,10 +1,12 @@
 """Rosetta / Venus-Express VIRTIS cubes on top of the generic PDS3 reader.
 
 ``read(path)`` returns a :class:`VirtisCube`: the :class:`parsers.pds3.Cube` API plus
-the channel, the processing level, housekeeping (raw), SCET per line, per-pixel
-wavelength / FWHM / uncertainty (cal), geometry plane names and scale factors (geo) and the
+the channel, the processing level, housekeeping (raw), SCET per line (M) or per spectrum
+(H calibrated), wavelength / FWHM / uncertainty (M cal: per-pixel bottomplanes; H cal: the
+binary TABLE before the QUBE), geometry plane names and scale factors (.GEO, .GE5) and the
 dark-line mask (raw). Quirk functions list the product types they apply to ("HITS").
-Layout facts: ``docs/virtis-format.md``. CLI: ``python -m parsers.virtis FILE``.
+Layout facts and how sure each one is: ``docs/virtis-format.md``.
+CLI: ``python -m parsers.virtis FILE``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import numpy as np
 
 from parsers import pds3
 from parsers.errors import ProductError
-from parsers.virtis_geometry import GEO_NULL, GeoPlane, geometry_planes
+from parsers.pds3_binary_table import Table, TableColumn, find_table, read_table
+from parsers.virtis_geometry import (
+    GEO_NULL,
+    ROSETTA_GE5_PLANES,
+    ROSETTA_GEO_PLANES,
+    GeoPlane,
+    geometry_planes,
+)
 
 CHANNELS = ("VIRTIS_M_VIS", "VIRTIS_M_IR", "VIRTIS_H")
 HK_STRUCTURE_WORDS = {"VIRTIS_M_VIS": 82, "VIRTIS_M_IR": 82, "VIRTIS_H": 72}
@@ -33,6 +42,8 @@ CAL_SPECIAL_DEFAULTS = {"NULL": -1004.0, "LOW_REPR_SATURATION": -1003.0,
                         "HIGH_INSTR_SATURATION": -1000.0}
 CAL_VALID_MINIMUM = -999.0
 RAW_NULL = -32768
+H_TABLE_WORDS = {"WAVELENGTH": ("WAVELENGTH", "LAMBDA"), "FWHM": ("FWHM", "WIDTH"),
+                 "UNCERTAINTY": ("UNCERTAINTY", "NOISE", "ERROR", "SIGMA")}
 _FILE_LETTER = {"V": "VIRTIS_M_VIS", "I": "VIRTIS_M_IR", "H": "VIRTIS_H", "S": "VIRTIS_H",
                 "T": "VIRTIS_H"}
 
@@ -78,6 +89,17 @@ class VirtisCube(pds3.Cube):
     processing_level: int = 3
     product_kind: str = "cal"  # "raw" | "cal" | "geo"
     mission: str = "ROSETTA"
+    spectral_table: Table | None = None  # H calibrated: the TABLE object before the QUBE
+    spectral_columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_h_cal(self) -> bool:
+        return self.product_kind == "cal" and self.channel == "VIRTIS_H"
+
+    @property
+    def scet_per(self) -> str:
+        """What one SCET row stands for: "spectrum" (H calibrated) or "line"."""
+        return "spectrum" if self.is_h_cal else "line"
 
     # ---- frame parameters and dark lines
     @cached_property
@@ -150,11 +172,20 @@ class VirtisCube(pds3.Cube):
 
     @cached_property
     def scet_words(self) -> np.ndarray | None:
-        """The three SCET words per line, (L, 3) uint16, or None.
+        """The three SCET words per line (L, 3), or per spectrum (L * S, 3) for H cal;
+        uint16, or None. H spectra are numbered line-major (line * S + sample); the IDL
+        library returns the transpose, (3, n_spectra).
 
         HITS: raw ``*.QUB`` (HK words 1-3), M cal ``*.CAL`` (low half of the backplane
-        slots of samples 0, 1, 2: ``BAND_SUFFIX_ITEM_BYTES = 2`` in a 4-byte slot).
+        slots of samples 0, 1, 2: ``BAND_SUFFIX_ITEM_BYTES = 2`` in a 4-byte slot),
+        H cal ``*.CAL`` (backplane items 0-2 of every spectrum, low 16 bits).
         """
+        if self.is_h_cal:
+            if len(self.suffix_items.get("BAND", [])) < 3:
+                return None
+            words = [self.suffix_plane("BAND", j).reshape(-1).astype(np.int64) & 0xFFFF
+                     for j in range(3)]
+            return np.stack(words, axis=1).astype(np.uint16)
         if self.product_kind == "raw":
             hk = self.hk
             return hk[:, :3].copy() if hk is not None and hk.shape[1] >= 3 else None
@@ -165,7 +196,8 @@ class VirtisCube(pds3.Cube):
 
     @property
     def scet(self) -> np.ndarray | None:
-        """SCET seconds per line, float64 (L,): ``w1 * 65536 + w2 + w3 / 65536``."""
+        """SCET seconds per line (L,) or per H-cal spectrum (L * S,), float64:
+        ``w1 * 65536 + w2 + w3 / 65536``."""
         w = self.scet_words
         if w is None:
             return None
@@ -193,6 +225,10 @@ class VirtisCube(pds3.Cube):
     def _bottom(self, word: str) -> np.ndarray | None:
         if self.product_kind != "cal":
             return None
+        if self.is_h_cal:
+            col = self.spectral_columns.get(word)
+            return None if col is None else np.broadcast_to(col[:, None],
+                                                            (self.bands, self.samples))
         j = self._bottom_index(word)
         if j is None:
             return None
@@ -200,7 +236,8 @@ class VirtisCube(pds3.Cube):
 
     @cached_property
     def wavelength_map(self) -> np.ndarray | None:
-        """Per-pixel band centres (B, S) float32 from the first cal bottomplane, or None."""
+        """Per-pixel band centres (B, S) float32: M cal bottomplane; H cal, the TABLE column
+        repeated for every sample (a read-only view). None otherwise."""
         return self._bottom("WAVELENGTH")
 
     @cached_property
@@ -217,6 +254,8 @@ class VirtisCube(pds3.Cube):
     def wavelengths(self) -> np.ndarray | None:  # type: ignore[override]
         """Band centres (B,) float32: the across-slit mean of the cal wavelength plane,
         else BAND_BIN_CENTER; None for raw products without one and for geometry."""
+        if self.is_h_cal:
+            return self.spectral_columns.get("WAVELENGTH")
         wl = self.wavelength_map
         if wl is not None:
             return np.nanmean(np.where(wl > 0, wl, np.nan), axis=1).astype(np.float32)
@@ -226,6 +265,10 @@ class VirtisCube(pds3.Cube):
 
     @property
     def wavelength_unit(self) -> str | None:  # type: ignore[override]
+        if self.is_h_cal:
+            table = self.spectral_table
+            name = _column_for(list(table.columns), "WAVELENGTH") if table else None
+            return table.units.get(name) if table and name else None
         if self.wavelength_map is not None:
             j = self._bottom_index("WAVELENGTH")
             units = pds3._seq(self.qube.get("LINE_SUFFIX_UNIT", []))
@@ -241,11 +284,36 @@ class VirtisCube(pds3.Cube):
     def geometry_planes(self) -> list[GeoPlane] | None:
         """Plane names/units/scale factors of a .GEO product (None if unknown or not geo).
 
-        HITS: Rosetta M/H ``*.GEO`` (23/31 planes), VEX M/H ``*.GEO`` (33/41 planes).
+        HITS: Rosetta M/H ``*.GEO`` (23/31 planes) and ``*.GE5`` (100/112 planes),
+        VEX M/H ``*.GEO`` (33/41 planes).
         """
         if self.product_kind != "geo":
             return None
         return geometry_planes(self.mission, self.channel, self.bands)
+
+    @cached_property
+    def geometry_scet(self) -> np.ndarray | None:
+        """SCET seconds (L, S) float64 from Rosetta H geometry: ``SCET_1 + SCET_2 / 65536``
+        (planes 22 and 23); NaN where either is the null value. None for other products.
+
+        HITS: Rosetta VIRTIS_H ``*.GEO`` and ``*.GE5``.
+        """
+        planes = self.geometry_planes
+        if self.mission != "ROSETTA" or self.channel != "VIRTIS_H" or not planes:
+            return None
+        names = [p.name for p in planes]
+        one, two = names.index("SCET_1"), names.index("SCET_2")
+        words = np.asarray(self.stored()[[one, two]], dtype=np.float64)
+        scet = words[0] + words[1] / 65536
+        scet[(words == GEO_NULL).any(axis=0)] = np.nan
+        return scet
+
+
+def _column_for(names: list[str], word: str) -> str | None:
+    for name in names:
+        if any(w in name.upper() for w in H_TABLE_WORDS[word]):
+            return name
+    return None
 
 
 def _kind(label: Any, level: int | None) -> str:
@@ -268,14 +336,12 @@ def read(path: str | os.PathLike[str], *, allow_short: bool = False) -> VirtisCu
     if instrument != "VIRTIS":
         raise ProductError(path, f"not a VIRTIS product (INSTRUMENT_ID = {instrument or 'none'})"
                                  "; use parsers.pds3 for other QUBEs")
-    level_raw = label.get("PROCESSING_LEVEL_ID")
-    try:
-        level = int(pds3._num(level_raw)) if level_raw is not None else None
-    except (ValueError, TypeError):
-        level = None
+    level_num = pds3.label_number(label.get("PROCESSING_LEVEL_ID"))  # may be quoted
+    level = int(level_num) if level_num is not None else None
     kind = _kind(label, level)
     cube = pds3.read(path, allow_short=allow_short, prefer_corners=False,
-                     prefer_item_width=(kind == "raw"))
+                     prefer_item_width=(kind == "raw"),
+                     suffix_type_defaults={"LINE": "IEEE_REAL"} if kind == "cal" else None)
     channel = channel_of(label, path)
     mission = _text(label.get("MISSION_ID")) or ("VEX" if path.name.upper().startswith("V")
                                                  and "_" not in path.name[:3] else "ROSETTA")
@@ -287,32 +353,123 @@ def read(path: str | os.PathLike[str], *, allow_short: bool = False) -> VirtisCu
     return v
 
 
-def _apply_quirks(v: VirtisCube) -> None:
-    """Special values and geometry scale factors that the labels leave out.
+def _warn(v: VirtisCube, message: str) -> None:
+    v.warnings.append(message)
+    warnings.warn(f"{v.path.name}: {message}", pds3.LayoutWarning, stacklevel=4)
 
-    HITS: cal ``*.CAL`` without CORE_* special keys (documented -1000..-1004 and valid
-    minimum -999, with a warning); raw ``*.QUB`` without CORE_NULL (-32768);
-    ``*.GEO`` (-2147483648 = cannot compute; per-plane scale factors).
+
+def _apply_quirks(v: VirtisCube) -> None:
+    """Special values, tables and scale factors that the labels leave out or hide.
+
+    HITS: cal ``*.CAL`` without numeric CORE_* special values (documented -1000..-1004 and
+    valid minimum -999, with a warning); raw ``*.QUB`` without CORE_NULL (-32768);
+    H cal ``*.CAL`` (TABLE + per-spectrum SCET); ``*.GEO``/``*.GE5`` (-2147483648 = cannot
+    compute; per-plane scale factors).
     """
     if v.product_kind == "cal" and not v.specials and v.valid_min is None:
         v.specials = dict(CAL_SPECIAL_DEFAULTS)
         v.valid_min = CAL_VALID_MINIMUM
-        msg = (f"{v.path.name}: the label announces no special values; using the documented "
-               "VIRTIS ones (-1000..-1004, valid minimum -999)")
-        v.warnings.append(msg)
-        warnings.warn(msg, pds3.LayoutWarning, stacklevel=3)
+        _warn(v, "the label defines no special values; using the documented VIRTIS ones "
+                 "(-1000..-1004, valid minimum -999)")
     elif v.product_kind == "raw" and "NULL" not in v.specials:
         v.specials["NULL"] = float(RAW_NULL)
+    if v.is_h_cal:
+        _h_cal_table(v)
+        _h_cal_backplane(v)
     elif v.product_kind == "geo":
-        v.specials.setdefault("NULL", float(GEO_NULL))
-        planes = v.geometry_planes
-        if planes is not None:
-            v.band_scale = np.array([p.scale for p in planes], dtype=np.float64)
-        else:
-            msg = (f"{v.path.name}: no scale-factor table for {v.bands} {v.mission} "
-                   f"{v.channel} geometry planes; values are the stored integers")
-            v.warnings.append(msg)
-            warnings.warn(msg, pds3.LayoutWarning, stacklevel=3)
+        _geometry(v)
+
+
+def _h_cal_table(v: VirtisCube) -> None:
+    """Wavelength, FWHM and uncertainty per band from the binary TABLE before the QUBE.
+
+    HITS: VIRTIS_H ``*.CAL`` (TABLE of B rows x 3 float32; VEX ``VT*.CAL`` byte counts).
+    """
+    found = find_table(v.label)
+    if found is None:
+        _warn(v, "no TABLE object: the H calibrated wavelengths are unknown")
+        return
+    name, block = found
+    columns = None
+    if not any(k.endswith("COLUMN") for k, _ in block.objects()):
+        if pds3.label_number(block.get("ROW_BYTES")) != 12:
+            _warn(v, f"{name} has no COLUMN objects and ROW_BYTES is not 12: not read")
+            return
+        columns = [TableColumn(n, None, np.dtype(">f4"), 4 * i)
+                   for i, n in enumerate(("WAVELENGTH", "FWHM", "UNCERTAINTY"))]
+        _warn(v, f"{name} has no COLUMN objects; reading the documented 3 big-endian float32 "
+                 "columns (wavelength, FWHM, uncertainty)")
+    table = read_table(v.path, v.label, name, columns)
+    if table.offset < v.offset < table.offset + table.nbytes and v.data_path == v.path:
+        raise ProductError(v.path, f"{name} (ROWS {table.rows} x ROW_BYTES {table.row_bytes} "
+                                   f"at byte {table.offset:,}) runs into the QUBE at byte "
+                                   f"{v.offset:,}")
+    for note in table.warnings:
+        _warn(v, note)
+    v.spectral_table = table
+    if table.rows != v.bands:
+        _warn(v, f"{name} has {table.rows} rows for {v.bands} bands: no wavelengths")
+        return
+    names = list(table.columns)
+    found_cols = {w: _column_for(names, w) for w in H_TABLE_WORDS}
+    if None in found_cols.values() and len(names) == 3:
+        found_cols = dict(zip(H_TABLE_WORDS, names, strict=True))
+        _warn(v, f"{name} column names {names} are not recognised; taking them as "
+                 "wavelength, FWHM, uncertainty in that order")
+    v.spectral_columns = {w: table.columns[c].astype(np.float32)
+                          for w, c in found_cols.items() if c is not None}
+
+
+def _h_cal_backplane(v: VirtisCube) -> None:
+    """Check the per-spectrum SCET backplane against the two layouts the byte counts allow.
+
+    Real VEX H cal files fit both 3 items x 2 bytes (plus record padding) and 2 items x 4
+    bytes; the label's widths and the size check decide, and a warning says when the other
+    reading would fit as well. HITS: VIRTIS_H ``*.CAL``.
+    """
+    items = v.suffix_items.get("BAND", [])
+    if len(items) < 3:
+        _warn(v, f"the backplane holds {len(items)} item(s) per spectrum; which bytes hold "
+                 "the 3 SCET words is not documented: no SCET")
+    if not items:
+        return
+    spectra = v.lines * v.samples
+    core = v.bands * v.core_dtype.itemsize
+    used = len(items) * v.layout.slots["BAND"]
+    record = int(pds3.label_number(v.label.get("RECORD_BYTES")) or 512)
+    available = pds3.layout_bounds(
+        v.offset, v.file_size, [pds3.Layout(False, {}, spectra * (core + used))],
+        pds3.other_objects(v.label, v.path, v.data_path, record, "^QUBE"))[0]
+    for count, width in ((3, 2), (2, 4)):
+        need = spectra * (core + count * width)
+        if count * width != used and 0 <= available - need < record:
+            _warn(v, f"the SCET backplane would also fit as {count} x {width}-byte items "
+                     f"({need:,} of {available:,} bytes); using the label's {len(items)} x "
+                     f"{v.layout.slots['BAND']}-byte items")
+
+
+def _geometry(v: VirtisCube) -> None:
+    """Null value, plane table and scale factors of a geometry cube; warns when the file's
+    extension, plane count or item type disagree with the tables.
+
+    HITS: ``*.GEO`` (Rosetta 23/31, VEX 33/41 planes), Rosetta ``*.GE5`` (100/112 planes).
+    """
+    v.specials.setdefault("NULL", float(GEO_NULL))
+    if v.core_dtype.kind != "i" or v.core_dtype.itemsize != 4:
+        _warn(v, f"geometry planes are documented as 4-byte integers, the label says "
+                 f"{v.core_type} of {v.core_dtype.itemsize} bytes")
+    planes = v.geometry_planes
+    if planes is None:
+        _warn(v, f"no scale-factor table for {v.bands} {v.mission} {v.channel} geometry "
+                 "planes; values are the stored integers")
+        return
+    v.band_scale = np.array([p.scale for p in planes], dtype=np.float64)
+    ext = v.path.suffix.upper()
+    family = "M" if v.channel != "VIRTIS_H" else "H"
+    want = {".GEO": ROSETTA_GEO_PLANES[family], ".GE5": ROSETTA_GE5_PLANES[family]}
+    if v.mission == "ROSETTA" and ext in want and v.bands != want[ext]:
+        _warn(v, f"a {ext} file with {v.bands} planes (Rosetta {family} {ext} products have "
+                 f"{want[ext]}); using the {v.bands}-plane table")
 
 
 if __name__ == "__main__":

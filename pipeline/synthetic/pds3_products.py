@@ -74,6 +74,19 @@ def _value(v: Any, *, commas: bool = True, indent: int = 0) -> str:
 
 
 @dataclass
+class DataObject:
+    """An object stored between the HISTORY and the QUBE (e.g. a binary TABLE).
+
+    ``items``: its label keywords (COLUMN objects as :class:`Obj`); ``data``: its bytes,
+    padded to whole records in the file.
+    """
+
+    name: str
+    items: list
+    data: bytes
+
+
+@dataclass
 class Obj:
     """An ``OBJECT = name`` (or ``GROUP``) block of keyword items."""
 
@@ -303,6 +316,7 @@ def write_qube_product(
     truncate_bytes: int = 0,
     data_bytes: bytes | None = None,
     sfdu: bool = False,
+    objects_before: Sequence[DataObject] = (),
 ) -> Path:
     """Write a complete PDS3 QUBE product and return its (label) path.
 
@@ -312,6 +326,8 @@ def write_qube_product(
     ``"file_only"`` (``"DATA.QUB"``, offset 0). ``file_records`` overrides FILE_RECORDS
     (to fake stale labels); ``truncate_bytes`` cuts that many bytes off the data file's end.
     ``data_bytes`` replaces the encoded data (for deliberately inconsistent files).
+    ``objects_before``: objects written (with ``^NAME`` record pointers) between the
+    HISTORY and the QUBE of an attached label.
     Axis-specific suffix keywords (``*_SUFFIX_ITEM_BYTES`` and so on): ``suffix_keywords``
     is written verbatim after ``SUFFIX_ITEMS``/``SUFFIX_BYTES``; when empty they are
     generated from the suffix dtypes (names ``<AXIS>_<j>``, MSB_/LSB_ type names).
@@ -356,6 +372,9 @@ def write_qube_product(
     qube_items.extend(extra_qube_items)
 
     data_name = detached
+    if objects_before and detached:
+        raise ValueError("objects_before needs an attached label")
+    obj_records = [math.ceil(len(o.data) / record_bytes) for o in objects_before]
 
     def build(label_records: int, total_records: int) -> str:
         items: list[tuple[str, Any] | Obj] = []
@@ -369,11 +388,15 @@ def write_qube_product(
         if not detached:
             items.append(("LABEL_RECORDS", label_records))
         hist_rec = label_records + 1
-        qube_rec = label_records + history_records + 1
+        qube_rec = label_records + history_records + sum(obj_records) + 1
         if detached:
             qube_rec = hist_rec = 1
         if history_records and not detached:
             items.append(("^HISTORY", hist_rec))
+        rec = label_records + history_records + 1
+        for obj, n in zip(objects_before, obj_records, strict=True):
+            items.append((f"^{obj.name}", rec))
+            rec += n
         qube_off = (qube_rec - 1) * record_bytes + 1
         ptr: Any = {
             "record": qube_rec,
@@ -386,6 +409,7 @@ def write_qube_product(
         items.extend(top_keywords)
         if history_records and not detached:
             items.append(Obj("HISTORY", list(history_items)))
+        items += [Obj(o.name, list(o.items)) for o in objects_before]
         items.append(Obj(object_name, list(qube_items)))
         text = render_label(items, crlf=crlf, multiline=multiline, missing_commas=missing_commas)
         if sfdu:
@@ -398,7 +422,7 @@ def write_qube_product(
     hist = 0 if detached else history_records
     label_records = 1
     while True:  # grows monotonically: stops once the label fits its records
-        total = (0 if detached else label_records + hist) + data_records
+        total = (0 if detached else label_records + hist + sum(obj_records)) + data_records
         text = build(label_records, total)
         need = math.ceil(len(text.encode("ascii")) / record_bytes)
         if need <= label_records:
@@ -419,7 +443,9 @@ def write_qube_product(
         return path
     head = label + b" " * (label_records * record_bytes - len(label))
     hist = b"\0" * (history_records * record_bytes)
-    blob = head + hist + data_bytes
+    objs = b"".join(o.data + b"\0" * (n * record_bytes - len(o.data))
+                    for o, n in zip(objects_before, obj_records, strict=True))
+    blob = head + hist + objs + data_bytes
     if pad_to_record:
         blob += b"\0" * (data_records * record_bytes - data_len)
     if truncate_bytes:

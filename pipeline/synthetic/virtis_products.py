@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from parsers.virtis_geometry import GEO_NULL, geometry_planes, rosetta_planes, vex_planes
-from pipeline.synthetic.pds3_products import Raw, Set, Suffix, quote, write_qube_product
+from pipeline.synthetic.pds3_products import (
+    DataObject,
+    Obj,
+    Raw,
+    Set,
+    Suffix,
+    quote,
+    write_qube_product,
+)
 
 CHANNELS = ("VIRTIS_M_VIS", "VIRTIS_M_IR", "VIRTIS_H")
 WAVELENGTH_RANGE_UM = {"VIRTIS_M_VIS": (0.22, 1.05), "VIRTIS_M_IR": (0.95, 5.10),
@@ -212,12 +220,19 @@ def write_virtis_product(
     ``specials`` (cal: store the five special values, see :func:`special_positions`; default
     True), ``noise`` (relative), ``dark_rate`` (raw: DARK_ACQUISITION_RATE, default 15),
     ``hk_slot_bytes`` (raw: 2 or 4 bytes per HK item in the file, default 2),
-    ``hk_label_bytes`` (raw: SUFFIX_BYTES written in the label, default 4, the PDS rule the
-    real files break), ``planes`` (geo: plane count, default the mission/channel table;
-    ``bands`` is ignored for geo), ``backplane_high`` (cal: value of the high half of each
-    backplane slot, default 0), ``quoted_real`` (cal: ``"REAL"`` vs ``REAL``),
+    ``hk_label_bytes`` (raw: SUFFIX_BYTES written in the label, default 2 as real raw labels
+    most likely say; 4 is the PDS rule), ``planes`` (geo: plane count, default the
+    mission/channel .GEO table; ``extended=True`` the Rosetta .GE5 table; ``bands`` is
+    ignored for geo), ``backplane_high`` (M cal: value of the high half of each backplane
+    slot, default 0), ``quoted_real`` (cal: ``"REAL"`` vs ``REAL``), ``special_text``
+    (cal: write every CORE_* special value as this text, e.g. ``'"N/A"'``),
+    ``drop_keywords`` (label keywords to leave out, e.g. ``("BAND_SUFFIX_ITEM_TYPE",)``),
     ``missing_commas`` (draft-label quirk), ``crlf`` (default True), ``file_records``,
     ``truncate_bytes`` (stale/truncated files), ``history_records`` (default 1).
+    VIRTIS_H cal (TABLE + QUBE, SCET per spectrum): ``scet_items`` (3 or 2 backplane items,
+    default 3), ``scet_slot_bytes`` (bytes per item in the file, default 2),
+    ``scet_label_bytes`` (SUFFIX_BYTES in the label, default the slot), ``table_columns``
+    (write COLUMN objects, default True).
     """
     if kind not in ("cal", "raw", "geo"):
         raise ValueError("kind must be 'cal', 'raw' or 'geo'")
@@ -228,7 +243,7 @@ def write_virtis_product(
     mission = opts.pop("mission", "ROSETTA")
     product_id = opts.pop("product_id", path.name.upper())
     dark_rate = int(opts.pop("dark_rate", 15))
-    frame = (2, 1, 20, dark_rate)
+    drop = set(opts.pop("drop_keywords", ()))
     common: dict[str, Any] = {
         "crlf": opts.pop("crlf", True),
         "history_records": opts.pop("history_records", 1),
@@ -238,103 +253,188 @@ def write_virtis_product(
         "multiline": ("SOFTWARE_VERSION_ID", "SPICE_FILE_NAME", "LINE_SUFFIX_NAME"),
         "missing_commas": (("SOFTWARE_VERSION_ID", "SPICE_FILE_NAME")
                            if opts.pop("missing_commas", False) else ()),
+        "top_keywords": _top_keywords(mission=mission, channel=channel, kind=kind,
+                                      product_id=product_id, lines=lines,
+                                      frame=(2, 1, 20, dark_rate), scan_mode=1, extra=[]),
     }
-    rng = np.random.default_rng(seed + 1)
-    top = _top_keywords(mission=mission, channel=channel, kind=kind, product_id=product_id,
-                        lines=lines, frame=frame, scan_mode=1, extra=[])
-    scet = line_scet(lines)
-    if kind == "cal":
-        specials = opts.pop("specials", True)
-        rad, wl = synthetic_radiance(channel, bands, lines, samples, seed,
-                                     noise=float(opts.pop("noise", 0.01)))
-        if specials:
-            for key, pos in special_positions(bands, lines, samples).items():
-                rad[pos] = CAL_SPECIALS[key]
-        back = np.zeros((1, lines, samples), dtype=np.uint32)
-        high = int(opts.pop("backplane_high", 0)) & 0xFFFF
-        back[0] = high << 16
-        words = scet_words(scet).astype(np.uint32)
-        for i in range(min(3, samples)):
-            back[0, :, i] = np.uint32(high << 16) | words[i]
-        step = (wl[-1] - wl[0]) / max(bands - 1, 1)
-        x = (np.arange(samples) - (samples - 1) / 2) / max(samples, 1)
-        smile = 0.25 * step * (x**2 * 4)  # sub-band spectral smile across the slit
-        wl_plane = (wl[:, None] + smile[None, :]).astype(np.float32)
-        fwhm = np.broadcast_to(np.float32(1.2 * step), (bands, samples)).astype(np.float32)
-        valid = np.where(rad > -999, rad, np.nan)
-        unc = (0.02 * np.nanmean(valid, axis=1) + 1e-4).astype(np.float32)
-        unc = np.nan_to_num(unc, nan=1e-4)
-        bottom = np.stack([wl_plane, fwhm, unc])
-        real = quote("REAL") if opts.pop("quoted_real", True) else "REAL"
-        core_kw = [
-            ("CORE_BASE", Raw("0.0")), ("CORE_MULTIPLIER", Raw("1.0")),
-            ("CORE_VALID_MINIMUM", Raw("-999.0")),
-            *((k, Raw(repr(v))) for k, v in CAL_SPECIALS.items()),
-            ("CORE_NAME", quote("CALIBRATED SPECTRAL RADIANCE")),
-            ("CORE_UNIT", quote("W/(m**2*sr*micron)")),
-        ]
-        suffix_kw = [
-            ("BAND_SUFFIX_NAME", quote("SCET")), ("BAND_SUFFIX_UNIT", "DIMENSIONLESS"),
-            ("BAND_SUFFIX_ITEM_BYTES", 2), ("BAND_SUFFIX_ITEM_TYPE", "MSB_UNSIGNED_INTEGER"),
-            ("LINE_SUFFIX_NAME", (quote("WAVELENGTH"), quote("FWHM"),
-                                  quote("RADIANCE UNCERTAINTY"))),
-            ("LINE_SUFFIX_UNIT", (quote("MICRON"), quote("MICRON"),
-                                  quote("W/(m**2*sr*micron)"))),
-            ("LINE_SUFFIX_ITEM_BYTES", 4), ("LINE_SUFFIX_ITEM_TYPE", real),
-        ]
-        suffix = {"BAND": Suffix(back, ">u4", 4), "LINE": Suffix(bottom, ">f4", 4)}
-        result = write_qube_product(
-            path, rad, interleave="BIP", core_dtype=">f4", core_type=real,
-            core_keywords=core_kw, suffix=suffix, suffix_keywords=suffix_kw,
-            suffix_bytes_label=4, corners=False, top_keywords=top, **common)
+    shape = (bands, lines, samples)
+    if kind == "cal" and channel == "VIRTIS_H":
+        args = _h_cal(shape, seed, opts)
+    elif kind == "cal":
+        args = _m_cal(channel, shape, seed, opts)
     elif kind == "raw":
-        slot = int(opts.pop("hk_slot_bytes", 2))
-        label_bytes = int(opts.pop("hk_label_bytes", 4))
-        rad, wl = synthetic_radiance(channel, bands, lines, samples, seed,
-                                     noise=float(opts.pop("noise", 0.01)))
-        gain = 400.0 / max(float(np.percentile(rad, 99)), 1e-9)
-        dn = rad * gain + rng.normal(0, 3, rad.shape)
-        dark = dark_lines(lines, dark_rate)
-        dn[:, dark, :] = rng.normal(0, 4, (bands, int(dark.sum()), samples))
-        dn = np.clip(np.round(dn), RAW_NULL + 1, RAW_MAX).astype(np.int16)
-        if opts.pop("specials", True) and lines > 2 and samples > 2:
-            dn[:, 1, 1] = RAW_NULL
-            dn[bands // 2, 2, 2] = RAW_MAX
-        hk = raw_housekeeping(channel, bands, lines, scet, dark)
-        suffix_kw = [
-            ("SAMPLE_SUFFIX_NAME", quote("HOUSEKEEPING")), ("SAMPLE_SUFFIX_UNIT", "DIMENSIONLESS"),
-            ("SAMPLE_SUFFIX_ITEM_BYTES", 2), ("SAMPLE_SUFFIX_ITEM_TYPE", "MSB_UNSIGNED_INTEGER"),
-        ]
-        core_kw = [
-            ("CORE_BASE", Raw("0.0")), ("CORE_MULTIPLIER", Raw("1.0")),
-            ("CORE_VALID_MINIMUM", RAW_NULL), ("CORE_NULL", RAW_NULL),
-            ("CORE_HIGH_INSTR_SATURATION", RAW_MAX),
-            ("CORE_NAME", "RAW_DATA_NUMBER"), ("CORE_UNIT", "DIMENSIONLESS"),
-        ]
-        suffix = {"SAMPLE": Suffix(hk, ">u2", slot)}
-        result = write_qube_product(
-            path, dn, interleave="BIP", core_dtype=">i2", core_type="MSB_INTEGER",
-            core_keywords=core_kw, suffix=suffix, suffix_keywords=suffix_kw,
-            suffix_bytes_label=label_bytes, top_keywords=top, **common)
+        args = _raw(channel, shape, seed, dark_rate, opts)
     else:
-        table = vex_planes(channel) if mission == "VEX" else rosetta_planes(channel)
-        nplanes = int(opts.pop("planes", len(table)))
-        planes = geometry_planes(mission, channel, nplanes)
-        values = synthetic_geometry(nplanes, lines, samples, seed)
-        ints = np.empty(values.shape, dtype=np.int32)
-        for i in range(nplanes):
-            scale = planes[i].scale if planes else 1.0
-            ints[i] = np.round(values[i] / scale).astype(np.int64).clip(-2**31 + 1, 2**31 - 1)
-        ints[:, 0, 0] = GEO_NULL
-        core_kw = [("CORE_BASE", Raw("0.0")), ("CORE_MULTIPLIER", Raw("1.0")),
-                   ("CORE_NULL", GEO_NULL), ("CORE_NAME", quote("GEOMETRY")),
-                   ("CORE_UNIT", "DIMENSIONLESS")]
-        result = write_qube_product(
-            path, ints, interleave="BIP", core_dtype=">i4", core_type="MSB_INTEGER",
-            core_keywords=core_kw, top_keywords=top, **common)
+        args = _geo(mission, channel, lines, samples, seed, opts)
     if opts:
         raise TypeError(f"unknown options for kind={kind!r}: {sorted(opts)}")
-    return result
+    for key in ("core_keywords", "suffix_keywords"):
+        args[key] = [kv for kv in args.get(key, []) if kv[0] not in drop]
+    return write_qube_product(path, **args, **common)
+
+
+def _cal_core(channel: str, shape: tuple[int, int, int], seed: int,
+              opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list, Raw]:
+    """Radiance (B, L, S) with the special values, band centres, CORE_* keywords, REAL type."""
+    bands, lines, samples = shape
+    rad, wl = synthetic_radiance(channel, bands, lines, samples, seed,
+                                 noise=float(opts.pop("noise", 0.01)))
+    if opts.pop("specials", True):
+        for key, pos in special_positions(bands, lines, samples).items():
+            rad[pos] = CAL_SPECIALS[key]
+    text = opts.pop("special_text", None)
+    real = quote("REAL") if opts.pop("quoted_real", True) else "REAL"
+    core_kw = [
+        ("CORE_BASE", Raw("0.0")), ("CORE_MULTIPLIER", Raw("1.0")),
+        ("CORE_VALID_MINIMUM", Raw(text or "-999.0")),
+        *((k, Raw(text or repr(v))) for k, v in CAL_SPECIALS.items()),
+        ("CORE_NAME", quote("CALIBRATED SPECTRAL RADIANCE")),
+        ("CORE_UNIT", quote("W/(m**2*sr*micron)")),
+    ]
+    return rad, wl, core_kw, real
+
+
+def _m_cal(channel: str, shape: tuple[int, int, int], seed: int,
+           opts: dict[str, Any]) -> dict[str, Any]:
+    """VIRTIS-M cal: SCET in the backplane of samples 0-2, three float bottomplanes."""
+    bands, lines, samples = shape
+    rad, wl, core_kw, real = _cal_core(channel, shape, seed, opts)
+    back = np.zeros((1, lines, samples), dtype=np.uint32)
+    high = int(opts.pop("backplane_high", 0)) & 0xFFFF
+    back[0] = high << 16
+    words = scet_words(line_scet(lines)).astype(np.uint32)
+    for i in range(min(3, samples)):
+        back[0, :, i] = np.uint32(high << 16) | words[i]
+    step = (wl[-1] - wl[0]) / max(bands - 1, 1)
+    x = (np.arange(samples) - (samples - 1) / 2) / max(samples, 1)
+    smile = 0.25 * step * (x**2 * 4)  # sub-band spectral smile across the slit
+    wl_plane = (wl[:, None] + smile[None, :]).astype(np.float32)
+    fwhm = np.broadcast_to(np.float32(1.2 * step), (bands, samples)).astype(np.float32)
+    unc = _uncertainty(rad)
+    bottom = np.stack([wl_plane, fwhm, np.broadcast_to(unc[:, None], (bands, samples))])
+    suffix_kw = [
+        ("BAND_SUFFIX_NAME", quote("SCET")), ("BAND_SUFFIX_UNIT", "DIMENSIONLESS"),
+        ("BAND_SUFFIX_ITEM_BYTES", 2), ("BAND_SUFFIX_ITEM_TYPE", "MSB_UNSIGNED_INTEGER"),
+        ("LINE_SUFFIX_NAME", (quote("WAVELENGTH"), quote("FWHM"),
+                              quote("RADIANCE UNCERTAINTY"))),
+        ("LINE_SUFFIX_UNIT", (quote("MICRON"), quote("MICRON"),
+                              quote("W/(m**2*sr*micron)"))),
+        ("LINE_SUFFIX_ITEM_BYTES", 4), ("LINE_SUFFIX_ITEM_TYPE", real),
+    ]
+    suffix = {"BAND": Suffix(back, ">u4", 4), "LINE": Suffix(bottom, ">f4", 4)}
+    return dict(core=rad, interleave="BIP", core_dtype=">f4", core_type=real,
+                core_keywords=core_kw, suffix=suffix, suffix_keywords=suffix_kw,
+                suffix_bytes_label=4, corners=False)
+
+
+def _uncertainty(rad: np.ndarray) -> np.ndarray:
+    """A plausible 1-sigma radiance uncertainty per band (B,), float32."""
+    valid = np.where(rad > -999, rad, np.nan)
+    with np.errstate(all="ignore"):
+        unc = 0.02 * np.nanmean(valid.reshape(valid.shape[0], -1), axis=1) + 1e-4
+    return np.nan_to_num(unc, nan=1e-4).astype(np.float32)
+
+
+def spectrum_scet(lines: int, samples: int) -> np.ndarray:
+    """SCET (s) of each spectrum of a synthetic H cal product, line-major (L * S,)."""
+    return SCLK_START + 0.5 + 0.3125 * np.arange(lines * samples, dtype=np.float64)
+
+
+def h_cal_table(bands: int, rad: np.ndarray) -> np.ndarray:
+    """The H cal TABLE values (B, 3) float32: wavelength (µm), FWHM (µm), uncertainty."""
+    wl = wavelength_grid("VIRTIS_H", bands)
+    step = (wl[-1] - wl[0]) / max(bands - 1, 1)
+    return np.stack([wl, np.full(bands, 1.2 * step), _uncertainty(rad)], axis=1
+                    ).astype(np.float32)
+
+
+def _h_cal(shape: tuple[int, int, int], seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """VIRTIS-H cal: binary TABLE (B rows: wavelength, FWHM, uncertainty) then a QUBE of
+    spectra whose backplane holds the SCET words of every spectrum."""
+    bands, lines, samples = shape
+    rad, _wl, core_kw, real = _cal_core("VIRTIS_H", shape, seed, opts)
+    count = int(opts.pop("scet_items", 3))
+    slot = int(opts.pop("scet_slot_bytes", 2))
+    label_bytes = int(opts.pop("scet_label_bytes", slot))
+    words = scet_words(spectrum_scet(lines, samples)).astype(np.uint32)  # (3, L * S)
+    if count == 3:
+        back = words.reshape(3, lines, samples)
+    else:  # 2 x 4 bytes: the three words packed big-endian, the fourth word zero
+        back = np.stack([(words[0] << 16) | words[1], words[2] << 16]).reshape(2, lines, samples)
+    dtype = ">u2" if count == 3 and slot == 2 else ">u4"
+    item_bytes = 2 if count == 3 else 4
+    suffix_kw = [
+        ("BAND_SUFFIX_NAME", tuple(quote(f"SCET_{i + 1}") for i in range(count))),
+        ("BAND_SUFFIX_UNIT", "DIMENSIONLESS"),
+        ("BAND_SUFFIX_ITEM_BYTES", item_bytes),
+        ("BAND_SUFFIX_ITEM_TYPE", "MSB_UNSIGNED_INTEGER"),
+    ]
+    table = h_cal_table(bands, rad)
+    columns = [Obj("COLUMN", [("NAME", quote(n)), ("DATA_TYPE", "IEEE_REAL"),
+                              ("START_BYTE", 1 + 4 * i), ("BYTES", 4), ("UNIT", quote(u))])
+               for i, (n, u) in enumerate((("WAVELENGTH", "MICRON"), ("FWHM", "MICRON"),
+                                           ("UNCERTAINTY", "W/(m**2*sr*micron)")))]
+    table_items = [("INTERCHANGE_FORMAT", "BINARY"), ("ROWS", bands), ("COLUMNS", 3),
+                   ("ROW_BYTES", 12)]
+    if opts.pop("table_columns", True):
+        table_items += columns
+    return dict(core=rad, interleave="BIP", core_dtype=">f4", core_type=real,
+                core_keywords=core_kw, suffix={"BAND": Suffix(back, dtype, slot)},
+                suffix_keywords=suffix_kw, suffix_bytes_label=label_bytes, corners=False,
+                objects_before=[DataObject("TABLE", table_items, table.astype(">f4").tobytes())])
+
+
+def _raw(channel: str, shape: tuple[int, int, int], seed: int, dark_rate: int,
+         opts: dict[str, Any]) -> dict[str, Any]:
+    """Raw: signed 2-byte DN plus one sideplane sample of 2-byte HK words per line."""
+    bands, lines, samples = shape
+    rng = np.random.default_rng(seed + 1)
+    slot = int(opts.pop("hk_slot_bytes", 2))
+    label_bytes = int(opts.pop("hk_label_bytes", 2))
+    rad, _wl = synthetic_radiance(channel, bands, lines, samples, seed,
+                                  noise=float(opts.pop("noise", 0.01)))
+    gain = 400.0 / max(float(np.percentile(rad, 99)), 1e-9)
+    dn = rad * gain + rng.normal(0, 3, rad.shape)
+    dark = dark_lines(lines, dark_rate)
+    dn[:, dark, :] = rng.normal(0, 4, (bands, int(dark.sum()), samples))
+    dn = np.clip(np.round(dn), RAW_NULL + 1, RAW_MAX).astype(np.int16)
+    if opts.pop("specials", True) and lines > 2 and samples > 2:
+        dn[:, 1, 1] = RAW_NULL
+        dn[bands // 2, 2, 2] = RAW_MAX
+    hk = raw_housekeeping(channel, bands, lines, line_scet(lines), dark)
+    suffix_kw = [
+        ("SAMPLE_SUFFIX_NAME", quote("HOUSEKEEPING")), ("SAMPLE_SUFFIX_UNIT", "DIMENSIONLESS"),
+        ("SAMPLE_SUFFIX_ITEM_BYTES", 2), ("SAMPLE_SUFFIX_ITEM_TYPE", "MSB_UNSIGNED_INTEGER"),
+    ]
+    core_kw = [
+        ("CORE_BASE", Raw("0.0")), ("CORE_MULTIPLIER", Raw("1.0")),
+        ("CORE_VALID_MINIMUM", RAW_NULL), ("CORE_NULL", RAW_NULL),
+        ("CORE_HIGH_INSTR_SATURATION", RAW_MAX),
+        ("CORE_NAME", "RAW_DATA_NUMBER"), ("CORE_UNIT", "DIMENSIONLESS"),
+    ]
+    return dict(core=dn, interleave="BIP", core_dtype=">i2", core_type="MSB_INTEGER",
+                core_keywords=core_kw, suffix={"SAMPLE": Suffix(hk, ">u2", slot)},
+                suffix_keywords=suffix_kw, suffix_bytes_label=label_bytes)
+
+
+def _geo(mission: str, channel: str, lines: int, samples: int, seed: int,
+         opts: dict[str, Any]) -> dict[str, Any]:
+    """Geometry: scaled int32 planes, no suffix, the null value in pixel (0, 0)."""
+    extended = bool(opts.pop("extended", False))
+    table = vex_planes(channel) if mission == "VEX" else rosetta_planes(channel, extended)
+    nplanes = int(opts.pop("planes", len(table)))
+    planes = geometry_planes(mission, channel, nplanes)
+    values = synthetic_geometry(nplanes, lines, samples, seed)
+    ints = np.empty(values.shape, dtype=np.int32)
+    for i in range(nplanes):
+        scale = planes[i].scale if planes else 1.0
+        ints[i] = np.round(values[i] / scale).astype(np.int64).clip(-2**31 + 1, 2**31 - 1)
+    ints[:, 0, 0] = GEO_NULL
+    core_kw = [("CORE_BASE", Raw("0.0")), ("CORE_MULTIPLIER", Raw("1.0")),
+               ("CORE_NULL", GEO_NULL), ("CORE_NAME", quote("GEOMETRY")),
+               ("CORE_UNIT", "DIMENSIONLESS")]
+    return dict(core=ints, interleave="BIP", core_dtype=">i4", core_type="MSB_INTEGER",
+                core_keywords=core_kw)
 
 
 def raw_housekeeping(

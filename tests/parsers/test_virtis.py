@@ -31,7 +31,6 @@ def _read(path, **kw):
 
 @pytest.mark.parametrize(("channel", "bands", "samples", "lines"), [
     ("VIRTIS_M_VIS", 432, 64, 12), ("VIRTIS_M_IR", 144, 16, 9), ("VIRTIS_M_VIS", 96, 256, 3),
-    ("VIRTIS_H", 3456, 1, 4),
 ])
 def test_cal_round_trip_specials_wavelengths_scet(tmp_path, channel, bands, samples, lines):
     path = write_virtis_product(tmp_path / "V1_00377420372.CAL", kind="cal", channel=channel,
@@ -203,3 +202,71 @@ def test_v1_product_one_line_short_opens_leniently(tmp_path):
     with pytest.warns(pds3.LayoutWarning, match="only 5 of 6 lines"):
         cube = virtis.read(path, allow_short=True)
     assert cube.load().shape == (432, 5, 64) and cube.valid_lines.shape == (5,)
+
+
+# --------------------------------------------------------------------------- real-label quirks
+def _caught(fn, *args, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pds3.LayoutWarning)
+        result = fn(*args, **kw)
+    return result, [str(w.message) for w in caught]
+
+
+def test_raw_label_says_suffix_bytes_2_by_default(tmp_path):
+    path = write_virtis_product(tmp_path / "V1_00389805194.QUB", kind="raw", bands=432,
+                                samples=64, lines=4)
+    assert b"SUFFIX_BYTES = 2\r\n" in path.read_bytes()[:8192]
+    cube, caught = _caught(virtis.read, path)
+    assert not caught
+    assert cube.layout.slots == {"SAMPLE": 2}
+    assert cube.layout.expected == 65 * 432 * 2 * 4
+    np.testing.assert_array_equal(cube.scet, line_scet(4))
+
+
+def test_cal_label_without_band_suffix_item_type_reads_with_a_warning(tmp_path):
+    path = write_virtis_product(tmp_path / "VI0140_04.CAL", kind="cal", mission="VEX",
+                                bands=432, samples=64, lines=6,
+                                drop_keywords=("BAND_SUFFIX_ITEM_TYPE",))
+    assert b"BAND_SUFFIX_ITEM_TYPE" not in path.read_bytes()[:8192]
+    cube, caught = _caught(virtis.read, path)
+    assert any("BAND_SUFFIX_ITEM_TYPE missing: reading the backplane items as "
+               "MSB_UNSIGNED_INTEGER of 2 bytes" in w for w in caught)
+    assert cube.suffix_items["BAND"][0].dtype == np.dtype(">u2")
+    np.testing.assert_array_equal(cube.scet, line_scet(6))
+
+
+def test_cal_label_without_any_suffix_type_keeps_float_bottomplanes(tmp_path):
+    path = write_virtis_product(tmp_path / "V1_b.CAL", kind="cal", bands=64, samples=16,
+                                lines=4, drop_keywords=("BAND_SUFFIX_ITEM_TYPE",
+                                                        "LINE_SUFFIX_ITEM_TYPE"))
+    ref = write_virtis_product(tmp_path / "V1_r.CAL", kind="cal", bands=64, samples=16,
+                               lines=4)
+    cube, caught = _caught(virtis.read, path)
+    assert any("LINE_SUFFIX_ITEM_TYPE missing: reading the bottomplane items as IEEE_REAL"
+               in w for w in caught)
+    np.testing.assert_array_equal(cube.wavelength_map, _read(ref).wavelength_map)
+
+
+@pytest.mark.parametrize("text", ['"N/A"', '"NULL"', "N/A"])
+def test_special_value_keywords_saying_null_or_na_are_not_defined(tmp_path, text):
+    path = write_virtis_product(tmp_path / "V1_n.CAL", kind="cal", bands=20, samples=6,
+                                lines=7, special_text=text)
+    cube, caught = _caught(virtis.read, path)
+    assert not any("is not a number" in w for w in caught)  # a PDS "not defined", not junk
+    # nothing numeric in the label: the documented VIRTIS codes apply, with a warning
+    assert any("defines no special values; using the documented" in w for w in caught)
+    assert int(np.isnan(cube.load()).sum()) == 20 + 4
+
+
+def test_quoted_numbers_in_the_label_are_numbers(tmp_path):
+    path = write_virtis_product(tmp_path / "V1_q.QUB", kind="raw", bands=100, samples=8,
+                                lines=3)
+    data = path.read_bytes()
+    for old, new in ((b"PROCESSING_LEVEL_ID = 2", b'PROCESSING_LEVEL_ID="2"'),
+                     (b"CORE_NULL = -32768", b'CORE_NULL="-32768"')):
+        assert old in data and len(old) == len(new)
+        data = data.replace(old, new, 1)
+    path.write_bytes(data)
+    cube = _read(path)
+    assert cube.product_kind == "raw" and cube.processing_level == 2
+    assert cube.specials["NULL"] == -32768.0
