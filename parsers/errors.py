@@ -36,6 +36,33 @@ class ProductError(UserError):
 class ParamsError(UserError):
     """A parameter in params.yaml or on the command line is missing or invalid."""
 
+
+#: How long a reason may be inside a one-line message.
+REASON_CHARS = 200
+
+
+def reason(exc: BaseException, limit: int = REASON_CHARS) -> str:
+    """A short one-line phrase for why ``exc`` happened, for inside a one-line message.
+
+    Network failures read ``host name not found``, ``connection refused`` or ``timed out``;
+    otherwise the innermost reason (``exc.args[0].reason`` of urllib/urllib3 wrappers, the
+    part after "Caused by") with white space folded, at most ``limit`` characters.
+    """
+    inner: object = exc.args[0] if exc.args else exc
+    inner = getattr(inner, "reason", inner)
+    text = " ".join(str(inner).split()) or type(exc).__name__
+    both = f"{text} {exc}"
+    if any(k in both for k in ("NameResolutionError", "Name or service not known",
+                               "Failed to resolve", "nodename nor servname")):
+        return "host name not found"
+    if "Connection refused" in both or "ConnectionRefusedError" in both:
+        return "connection refused"
+    if "timed out" in both.lower() or "Timeout" in both:
+        return "timed out"
+    if "Caused by" in text:
+        text = text.split("Caused by", 1)[1].strip(" ()")
+    return text[:limit]
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2

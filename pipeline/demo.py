@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from parsers.errors import UserError, cli_entry
+from pipeline.params import SOURCES
 
 #: The checkout this module belongs to (it holds dvc.yaml and params.yaml).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the stages' ``deps`` name (so DVC hashes exactly the code the stages run).
 PROJECT_FILES = ("dvc.yaml", ".dvcignore")
 PACKAGES = ("parsers", "pipeline", "training")
-SOURCES = ("virtis", "sentinel2")
 
 #: Placeholders in override values, filled with the local servers' URLs.
 PDS_URL = "{pds_url}"

@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import requests
 
 from parsers import pds3, virtis
-from parsers.errors import ProductError, UserError, cli_entry
+from parsers.errors import ProductError, UserError, cli_entry, reason
 from parsers.pds3_label import parse_label_text, read_label
 from parsers.pds3_table import TableLayout, read_rows, table_layout
 from pipeline.fetch import (
@@ -369,11 +369,11 @@ class Archive:
         except (requests.ConnectionError, requests.Timeout) as exc:
             if not self._reached:
                 raise UserError(
-                    f"cannot reach the archive at {url} ({_reason(exc)}); {OFFLINE_HINT}"
+                    f"cannot reach the archive at {url} ({reason(exc)}); {OFFLINE_HINT}"
                 ) from None
-            raise UserError(f"{url}: connection failed ({_reason(exc)})") from None
+            raise UserError(f"{url}: connection failed ({reason(exc)})") from None
         except requests.RequestException as exc:
-            raise UserError(f"{url}: request failed ({_reason(exc)})") from None
+            raise UserError(f"{url}: request failed ({reason(exc)})") from None
         if not self._reached and resp.status_code in RETRY_STATUSES:
             # The probe only fails fast on connections; a busy server gets the full retries.
             resp = self.session.get(url)
@@ -560,12 +560,6 @@ def _relative_to_dataset(path: str, dataset: str) -> str:
     if len(parts) > 1 and parts[0].upper() == dataset.upper():
         return "/".join(parts[1:])
     return path
-
-
-def _reason(exc: BaseException) -> str:
-    inner: Any = exc.args[0] if exc.args else exc
-    inner = getattr(inner, "reason", inner)
-    return " ".join(str(inner).split())[:160]
 
 
 # ------------------------------------------------------------------------- selection

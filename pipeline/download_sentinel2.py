@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Literal
 
 from parsers.errors import EXIT_OK, ParamsError, UserError, cli_entry
-from parsers.sentinel2 import DEFAULT_BANDS, NATIVE_RESOLUTION
+from parsers.sentinel2 import DEFAULT_BANDS, Sentinel2Settings, check_bands
 from pipeline import manifest as mf
-from pipeline.params import DEFAULT_PARAMS, from_dict, load_section, read_params_file
+from pipeline.params import DEFAULT_PARAMS, from_dict, load_section
 from pipeline.sentinel2_backends import BACKENDS, make_backend
 from pipeline.sentinel2_backends.common import Failed, Fetched, Product, Query
 
@@ -125,20 +125,13 @@ def load_bands(params_path: str | Path) -> tuple[str, ...]:
     Validated: 9 distinct known band names starting with B02, B03, B04 (docs/sentinel2.md §1.1).
     """
     path = Path(params_path)
-    data = read_params_file(path) if path.is_file() else {}
-    section = data.get("sentinel2") or {}
-    bands = section.get("bands", list(DEFAULT_BANDS)) if isinstance(section, dict) else None
-    if not isinstance(bands, list) or not all(isinstance(b, str) for b in bands):
-        raise ParamsError(f"{path}: sentinel2.bands must be a list of band names")
-    unknown = [b for b in bands if b not in NATIVE_RESOLUTION]
-    if unknown:
-        raise ParamsError(f"{path}: sentinel2.bands: unknown band(s) {', '.join(unknown)}")
-    if len(bands) != 9 or len(set(bands)) != 9 or bands[:3] != ["B02", "B03", "B04"]:
-        raise ParamsError(
-            f"{path}: sentinel2.bands must hold 9 distinct bands starting B02, B03, B04; "
-            f"got {bands}"
-        )
-    return tuple(bands)
+    if not path.is_file():
+        return DEFAULT_BANDS
+    bands = load_section(Sentinel2Settings, "sentinel2", path).bands
+    try:
+        return check_bands(bands, paper_layout=True)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: sentinel2.bands: {exc}") from None
 
 
 @dataclass

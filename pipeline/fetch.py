@@ -40,7 +40,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from parsers.atomic import DiskFullError, durable_replace, is_disk_full
-from parsers.errors import UserError
+from parsers.errors import UserError, reason
 
 CHUNK_BYTES = 1 << 20
 PART_SUFFIX = ".part"
@@ -357,7 +357,7 @@ def _transfer_round(
         return True
     t.drops += 1
     if t.drops > max_resumes:
-        why = _reason(error) if error else f"body ended after {got} of {length} bytes"
+        why = reason(error) if error else f"body ended after {got} of {length} bytes"
         raise FetchError(
             f"{t.url}: connection dropped {t.drops} times, giving up "
             f"({why}); the partial file {t.part.name} is kept for a later resume"
@@ -375,9 +375,9 @@ def _request(session: requests.Session, t: _Transfer) -> requests.Response:
     try:
         return session.get(t.url, headers=headers, stream=True)
     except requests.exceptions.RetryError as exc:
-        raise FetchError(f"{t.url}: giving up after retries ({_reason(exc)})") from None
+        raise FetchError(f"{t.url}: giving up after retries ({reason(exc)})") from None
     except _DROPPED as exc:
-        raise FetchError(f"{t.url}: cannot connect ({_reason(exc)})") from None
+        raise FetchError(f"{t.url}: cannot connect ({reason(exc)})") from None
 
 
 def _unsatisfiable(t: _Transfer, resp: requests.Response) -> bool:
@@ -520,12 +520,6 @@ def _int_header(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _reason(exc: BaseException) -> str:
-    inner: Any = exc.args[0] if exc.args else exc
-    inner = getattr(inner, "reason", inner)
-    return " ".join(str(inner).split())[:200]
 
 
 class ByteBar:

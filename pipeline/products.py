@@ -28,9 +28,9 @@ from typing import Any, Literal
 import numpy as np
 
 from parsers.errors import ProductError, UserError
+from pipeline.params import SOURCES
 
 Source = Literal["virtis", "sentinel2"]
-SOURCES: tuple[str, ...] = ("virtis", "sentinel2")
 
 # Preferred file to open when a product id has several files in the manifest.
 _PREFERRED_SUFFIXES = {

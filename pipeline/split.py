@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
-from pipeline.params import DEFAULT_PARAMS, load_section
-from pipeline.products import SOURCES, ProductRef, check_source, list_products
+from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section
+from pipeline.products import ProductRef, check_source, list_products
 
 SPLITS = ("train", "test")
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from parsers.atomic import atomic_open
 from parsers.errors import ParamsError, UserError, cli_entry
-from pipeline.params import DEFAULT_PARAMS, load_section, to_dict
+from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
 
 UINT16_BINS = 1 << 16
 CONNECT_TIMEOUT = "10s"  # how long to try reaching a tcp:// scheduler
@@ -599,7 +599,7 @@ def read_stats(path: str | Path) -> dict[str, Any]:
 
 @cli_entry("python -m pipeline.stats")
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.products import SOURCES, reader_options
+    from pipeline.products import reader_options
     from pipeline.split import read_split
 
     parser = argparse.ArgumentParser(

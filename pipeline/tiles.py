@@ -43,8 +43,8 @@ import numpy as np
 
 from parsers.atomic import atomic_path
 from parsers.errors import UserError, cli_entry
-from pipeline.params import DEFAULT_PARAMS, load_section, to_dict
-from pipeline.products import SOURCES, Product, ProductRef, open_product, reader_options
+from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
+from pipeline.products import Product, ProductRef, open_product, reader_options
 
 Compression = Literal["blosc2-zstd", "blosc2-lz4", "gzip", "lzf", "none"]
 

@@ -47,15 +47,15 @@ import numpy as np
 import torch
 
 from parsers.atomic import atomic_open
-from parsers.errors import ParamsError, ProductError, UserError, cli_entry
-from pipeline.params import from_dict, read_params_file, to_dict
+from parsers.errors import ProductError, UserError, cli_entry
+from parsers.jsonsafe import json_safe
+from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
 from training import baselines as BL
 from training import figures
 from training.data import Normaliser, TileDataset, read_tile_attrs
 from training.metrics import MSSSIM_WINDOW, SSIM_WINDOW, MetricAccumulator
 from training.models import load_checkpoint
 
-SOURCES = ("virtis", "sentinel2")
 RD_COLUMNS = ("method", "setting", "bpppc", "cr", "psnr", "psnr_phys", "ssim", "sam", "mae",
               "max_abs_err", "flagged", "cr_values", "ms_ssim", "psnr_tile_mean",
               "psnr_phys_tile_mean", "lossless", "encode_mbps", "decode_mbps", "tiles", "rmse")
@@ -64,13 +64,15 @@ RD_COLUMNS = ("method", "setting", "bpppc", "cr", "psnr", "psnr_phys", "ssim", "
 @dataclass(frozen=True)
 class EvaluateParams:
     """Settings of ``python -m training.evaluate`` (params ``evaluate.common`` merged with
-    ``evaluate.<source>``; flat keys directly under ``evaluate`` count as common)."""
+    ``evaluate.<source>``)."""
 
     max_tiles: int | None = None  # the first N test tiles; None: all
     batch_size: int = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
     baselines: bool = True
-    rates: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    rates: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
+        metadata={"help": "target bpppc list for the JPEG 2000 rate search, e.g. 0.5,1,2"})
     requant_bits: list[int] = field(default_factory=lambda: [2, 4, 6, 8, 10])
     pca: list[tuple[int, int]] = field(default_factory=lambda: [(1, 8), (3, 8), (8, 10)])
     jpegxl_distances: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 3.0])
@@ -97,19 +99,10 @@ class EvaluateParams:
             raise ValueError("requant_bits must lie in 1..16")
 
 
-def load_params(path: str | Path, source: str, overrides: dict[str, Any]) -> EvaluateParams:
-    """Merge ``evaluate`` flat keys, ``evaluate.common``, ``evaluate.<source>``, overrides."""
-    data = read_params_file(path).get("evaluate") or {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: section 'evaluate' must be a mapping")
-    merged = {k: v for k, v in data.items() if k not in ("common", *SOURCES)}
-    for sub in ("common", source):
-        part = data.get(sub) or {}
-        if not isinstance(part, dict):
-            raise ParamsError(f"{path}: section 'evaluate.{sub}' must be a mapping")
-        merged.update(part)
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(EvaluateParams, merged, where=f"{path}: evaluate[{source}]")
+def load_params(path: str | Path | None, source: str,
+                overrides: dict[str, Any] | None = None) -> EvaluateParams:
+    """The ``evaluate`` settings of ``source`` (common layer, source layer, ``overrides``)."""
+    return load_stage(EvaluateParams, "evaluate", source, path, overrides)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -394,19 +387,6 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return f"{f:.{nd}f}" if abs(f) >= 10 ** -nd or f == 0 else f"{f:.{nd}g}"
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
-
-
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -532,7 +512,7 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
         metrics["lossless_bpppc"] = lossless
     metrics["baselines_nearest_sscnet_fp32_rate"] = matched
     with atomic_open(out / "metrics.json", "w", encoding="utf-8") as fh:
-        json.dump(_json_safe(metrics), fh, indent=2, sort_keys=False)
+        json.dump(json_safe(metrics), fh, indent=2, sort_keys=False)
         fh.write("\n")
 
     # Per-band table (paper Tables 1-5): SSCNet fp32 and the nearest-rate JPEG 2000 per band.
@@ -682,7 +662,7 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
                    ("img", "maps.png", "original / reconstruction / error"),
                    ("img", "spectra.png", "spectra")]
     blocks.append(("h", 2, "Settings"))
-    blocks.append(("p", json.dumps(_json_safe(to_dict(p)))))
+    blocks.append(("p", json.dumps(to_dict(p))))
     with atomic_open(out / "report.md", "w", encoding="utf-8") as fh:
         fh.write(render_markdown(blocks))
     with atomic_open(out / "report.html", "w", encoding="utf-8") as fh:
@@ -691,40 +671,26 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
 
 
 # --------------------------------------------------------------------------- CLI
-def _float_list(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 0.5,1,2") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected positive bpppc values")
-    return vals
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m training.evaluate",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--source", required=True, help="virtis | sentinel2 (params sub-section)")
+    ap.add_argument("--params", type=Path, default=None,
+                    help="params file (default: ./params.yaml when present, else defaults)")
+    ap.add_argument("--source", required=True, choices=SOURCES,
+                    help="the data set (its evaluate layer of the params)")
     ap.add_argument("--tiles", type=Path, required=True, help="test.h5 of pipeline.tiles")
     ap.add_argument("--checkpoint", type=Path, required=True, help="best.pt of training.train")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
-    ap.add_argument("--max-tiles", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    ap.add_argument("--rates", type=_float_list, default=None,
-                    help="target bpppc list for the JPEG 2000 rate search, e.g. 0.5,1,2")
-    ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--quiet", action="store_true")
+    add_flags(ap.add_argument_group("overrides of the params (one flag per EvaluateParams key)"),
+              EvaluateParams)
     return ap.parse_args(argv)
 
 
 @cli_entry("python -m training.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {"max_tiles": args.max_tiles, "batch_size": args.batch_size,
-                 "device": args.device, "rates": args.rates, "baselines": args.baselines}
-    p = load_params(args.params, args.source, overrides)
+    p = load_params(args.params, args.source, flag_overrides(args, EvaluateParams))
     if not args.tiles.is_file():
         raise ProductError(args.tiles, "tile file not found")
     dev = resolve_device(p.device)

@@ -33,7 +33,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,10 +45,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
-from pipeline.params import DEFAULT_PARAMS, from_dict, read_params_file, to_dict
+from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
 from training.models import build_model, clean_state_dict, save_checkpoint
 
-SOURCES = ("virtis", "sentinel2")
 #: Normalisation used by the paper for each source ("auto").
 PAPER_NORMALISATION = {"virtis": "paper_minmax", "sentinel2": "global_max"}
 #: Settings that must not change between a checkpoint and a ``--resume``.
@@ -71,14 +70,16 @@ class TrainParams:
     """
 
     arch: Literal["linear", "conv"] = "linear"
-    latent: int | tuple[int, int] = 1000
+    latent: int | tuple[int, int] = field(
+        default=1000, metadata={"help": "1000 (arch linear) or 1024x8 (arch conv)"})
     activation: Literal["prelu", "relu"] = "prelu"
-    widths: tuple[int, ...] | None = None
+    widths: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "encoder widths, e.g. 64,128,256,256"})
     normalisation: Literal["auto", "paper_minmax", "global_max", "robust", "zscore"] = "auto"
     loss: Literal["bce", "mse"] = "bce"
     lr: float = 1e-4
     epochs: int = 400
-    batch_size: int = 128
+    batch_size: int = field(default=128, metadata={"help": "global batch over all processes"})
     val_fraction: float = 0.1
     seed: int = 0
     deterministic: bool = False
@@ -88,7 +89,8 @@ class TrainParams:
     compile: bool = False
     workers: int = 4
     checkpoint_every: int = 10
-    cache: Literal["none", "device"] = "none"
+    cache: Literal["none", "device"] = field(
+        default="none", metadata={"help": "device: hold all normalised tiles on the device"})
     bands: int | None = None
     tile: int | None = None
 
@@ -110,28 +112,10 @@ class TrainParams:
 
 # --- command line ------------------------------------------------------------------------
 
-def _latent_arg(text: str) -> int | list[int]:
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 1000 or 1024x8") from None
-    if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 1000 or 1024x8")
-    return values[0] if len(values) == 1 else values
-
-
-def _widths_arg(text: str) -> list[int]:
-    try:
-        return [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 64,128,256,256") from None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                   help="params file (default %(default)s)")
+    p.add_argument("--params", type=Path, default=None,
+                   help="params file (default: ./params.yaml when present, else defaults)")
     p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--tiles", type=Path, required=True,
                    help="tile folder holding train.h5 (or the .h5 file itself)")
@@ -142,55 +126,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="stop (with a checkpoint) after epoch N; resume later with --resume")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
-    o = p.add_argument_group("overrides of params.yaml train.<source>")
-    o.add_argument("--arch", choices=("linear", "conv"))
-    o.add_argument("--latent", type=_latent_arg, help="1000 (linear) or 1024x8 (conv)")
-    o.add_argument("--activation", choices=("prelu", "relu"))
-    o.add_argument("--widths", type=_widths_arg, help="encoder widths, e.g. 64,128,256,256")
-    o.add_argument("--normalisation",
-                   choices=("auto", "paper_minmax", "global_max", "robust", "zscore"))
-    o.add_argument("--loss", choices=("bce", "mse"))
-    o.add_argument("--lr", type=float)
-    o.add_argument("--epochs", type=int)
-    o.add_argument("--batch-size", type=int, help="global batch over all processes")
-    o.add_argument("--val-fraction", type=float)
-    o.add_argument("--seed", type=int)
-    o.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
-    o.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    o.add_argument("--precision", choices=("auto", "bf16", "fp32"))
-    o.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    o.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    o.add_argument("--workers", type=int)
-    o.add_argument("--checkpoint-every", type=int)
-    o.add_argument("--cache", choices=("none", "device"),
-                   help="device: hold all normalised tiles on the training device")
+    add_flags(p.add_argument_group("overrides of the params (one flag per TrainParams key)"),
+              TrainParams)
     return p.parse_args(argv)
 
 
-OVERRIDES = ("arch", "latent", "activation", "widths", "normalisation", "loss", "lr", "epochs",
-             "batch_size", "val_fraction", "seed", "deterministic", "device", "precision",
-             "channels_last", "compile", "workers", "checkpoint_every", "cache")
-
-
-def load_params(path: Path, source: str, overrides: dict[str, Any] | None = None) -> TrainParams:
-    """``train.common`` merged with ``train.<source>`` and the non-None ``overrides``.
-
-    A missing params file is allowed (all defaults) only when it is the default path.
-    """
-    data: dict[str, Any] = {}
-    if Path(path).exists() or Path(path) != DEFAULT_PARAMS:
-        data = read_params_file(path)
-    section = data.get("train", {}) or {}
-    if not isinstance(section, dict):
-        raise ParamsError(f"{path}: section 'train' must be a mapping")
-    merged: dict[str, Any] = {}
-    for name in ("common", source):
-        part = section.get(name, {}) or {}
-        if not isinstance(part, dict):
-            raise ParamsError(f"{path}: section 'train.{name}' must be a mapping")
-        merged.update(part)
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(TrainParams, merged, where=f"{path}: train.{source}")
+def load_params(path: Path | None, source: str,
+                overrides: dict[str, Any] | None = None) -> TrainParams:
+    """The ``train`` settings of ``source`` (common layer, source layer, ``overrides``)."""
+    return load_stage(TrainParams, "train", source, path, overrides)
 
 
 # --- environment: devices, processes, seeds ---------------------------------------------
@@ -841,8 +785,7 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
 @cli_entry("python -m training.train")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {k: getattr(args, k) for k in OVERRIDES}
-    params = load_params(args.params, args.source, overrides)
+    params = load_params(args.params, args.source, flag_overrides(args, TrainParams))
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise ParamsError("--stop-after-epoch must be >= 1")
     train(params, args.source, args.tiles, args.out, resume=args.resume,

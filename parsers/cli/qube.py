@@ -22,8 +22,8 @@ import numpy as np
 
 from parsers.atomic import atomic_open, atomic_path
 from parsers.errors import UserError
+from parsers.jsonsafe import json_safe
 from parsers.pds3 import PLANE_KIND
-from parsers.pds3_label import Block, Quantity
 
 _OVERVIEW_BANDS = 8
 
@@ -79,20 +79,6 @@ def scan(cube: Any, max_chunk_bytes: int = 64 << 20) -> dict[str, Any]:
         "valid_fraction": float(count.sum() / max(1, b * per_band)),
         "band_min": vmin, "band_max": vmax, "band_mean": mean, "band_valid": count,
     }
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Block):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, Quantity):
-        return {"value": _jsonable(v.value), "units": v.units}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 def _finite(x: float) -> float | None:
@@ -279,13 +265,13 @@ def _export_attributes(cube: Any, attrs: Any) -> None:
     header/tags of a raster cube, plus product id, wavelength unit and band names."""
     label = getattr(cube, "label", None)
     if label is not None:
-        attrs["label"] = json.dumps(_jsonable(label))
+        attrs["label"] = json.dumps(json_safe(label))
         for key, value in label.items():
             if isinstance(value, (int, float, str)) and not isinstance(value, bool):
                 attrs[key.replace("/", "_")] = value
     metadata = getattr(cube, "metadata", None)
     if metadata:
-        attrs["metadata"] = json.dumps(_jsonable(dict(metadata)))
+        attrs["metadata"] = json.dumps(json_safe(dict(metadata)))
     for key in ("format", "wavelength_unit", "crs"):
         value = getattr(cube, key, None)
         if isinstance(value, str):
@@ -293,7 +279,7 @@ def _export_attributes(cube: Any, attrs: Any) -> None:
     for key in ("band_names", "transform"):
         value = getattr(cube, key, None)
         if value is not None:
-            attrs[key] = json.dumps(_jsonable(list(value)))
+            attrs[key] = json.dumps(json_safe(list(value)))
     attrs["product_id"] = cube.product_id
 
 
@@ -342,7 +328,7 @@ def run_cli(
             print(f"{x} {v:.7g}")
         return 0
     if args.json:
-        print(json.dumps(_jsonable(describe_fn(cube)), sort_keys=False))
+        print(json.dumps(json_safe(describe_fn(cube)), sort_keys=False))
         return 0
     if not did_output:
         print(summary_fn(describe_fn(cube)))

@@ -8,16 +8,15 @@ cube on the 10 m grid; ``--json`` prints the summary as one JSON object, ``--exp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from parsers.errors import ParamsError, cli_entry
+from parsers.errors import cli_entry
 from parsers.sentinel2 import SCL_REJECT, Sentinel2Settings, check_bands, export, read
+from parsers.settings import load_section
 
 
 def format_summary(info: Mapping[str, Any]) -> str:
@@ -55,32 +54,6 @@ def format_summary(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _settings_from_params(path: str | None) -> Sentinel2Settings:
-    """Section ``sentinel2`` of params.yaml (``bands``, ``resampling``, ``harmonise``; other keys
-    belong to the download stage). A missing default params.yaml means defaults."""
-    import yaml
-
-    params = Path(path or "params.yaml")
-    if not params.exists():
-        if path is None:
-            return Sentinel2Settings()
-        raise ParamsError(f"{params}: params file not found")
-    try:
-        data = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ParamsError(f"{params}: cannot read params ({type(exc).__name__})") from None
-    section = data.get("sentinel2", {}) if isinstance(data, dict) else {}
-    section = section if isinstance(section, dict) else {}
-    known = {f.name for f in dataclasses.fields(Sentinel2Settings)}
-    kwargs = {k: v for k, v in section.items() if k in known}
-    if "bands" in kwargs and isinstance(kwargs["bands"], (list, tuple, str)):
-        kwargs["bands"] = tuple(check_bands(kwargs["bands"]))
-    try:
-        return Sentinel2Settings(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ParamsError(f"{params}: sentinel2: {exc}") from None
-
-
 @cli_entry("python -m parsers.sentinel2")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -105,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--export", metavar="OUT", help="write the cube to OUT.npy or OUT.tif")
     args = parser.parse_args(argv)
 
-    settings = _settings_from_params(args.params)
+    settings = load_section(Sentinel2Settings, "sentinel2", args.params)
     bands = check_bands(args.bands) if args.bands else settings.bands
     options: dict[str, Any] = {}
     if args.file_bands:

@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from parsers.errors import UserError
+from parsers.errors import UserError, reason
 from pipeline.fetch import FetchJob, fetch_all, make_session, part_path
 from pipeline.manifest import ManifestEntry
 from pipeline.sentinel2_backends.common import (
@@ -36,7 +36,6 @@ from pipeline.sentinel2_backends.common import (
     Product,
     Query,
     credentials,
-    short_reason,
     unreachable,
 )
 
@@ -308,5 +307,5 @@ class CdseBackend:
                     "CDSE_USERNAME (or ~/.netrc) may download, or try later"
                 )
             else:
-                report(Failed(product, short_reason(Exception(r.error or "failed"))))
+                report(Failed(product, reason(Exception(r.error or "failed"))))
         return done

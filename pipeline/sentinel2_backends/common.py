@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from parsers.errors import UserError
+from parsers.errors import UserError, reason
 
 
 @dataclass(frozen=True)
@@ -130,25 +130,9 @@ def credentials(
     )
 
 
-def short_reason(exc: BaseException) -> str:
-    """A short phrase for a network exception ('host name not found', 'connection
-    refused', 'timed out', else its first 160 characters)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if any(k in text for k in ("NameResolutionError", "Name or service not known",
-                               "Failed to resolve", "nodename nor servname")):
-        return "host name not found"
-    if "Connection refused" in text or "ConnectionRefusedError" in text:
-        return "connection refused"
-    if "timed out" in text.lower() or "Timeout" in text:
-        return "timed out"
-    if "Caused by" in text:
-        text = text.split("Caused by", 1)[1].strip(" ()")
-    return text[:160]
-
-
 def unreachable(service: str, url: str, exc: BaseException, hint: str) -> UserError:
     """The one-line error for a service that cannot be reached."""
-    return UserError(f"{service} at {url} is unreachable ({short_reason(exc)}): {hint}")
+    return UserError(f"{service} at {url} is unreachable ({reason(exc)}): {hint}")
 
 
 def fetch_in_parallel(

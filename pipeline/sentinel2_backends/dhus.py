@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from parsers.errors import UserError
+from parsers.errors import UserError, reason
 from pipeline.fetch import make_session, sha256_file
 from pipeline.manifest import ManifestEntry
 from pipeline.sentinel2_backends.common import (
@@ -33,7 +33,6 @@ from pipeline.sentinel2_backends.common import (
     Query,
     credentials,
     fetch_in_parallel,
-    short_reason,
     unreachable,
 )
 
@@ -91,7 +90,7 @@ class DhusBackend:
             )
         if isinstance(exc, requests.RequestException):
             return unreachable("DHuS hub", self.url, exc, _HINT)
-        msg = getattr(exc, "msg", None) or short_reason(exc)
+        msg = getattr(exc, "msg", None) or reason(exc)
         return UserError(f"DHuS hub at {self.url}: {' '.join(str(msg).split())[:200]}")
 
     # ------------------------------------------------------------------ search
@@ -165,9 +164,9 @@ class DhusBackend:
                     last = "MD5 of the download differs from the hub's checksum (file removed)"
                     continue
                 except (LTAError, SentinelAPIError) as exc:
-                    return Failed(product, f"{type(exc).__name__}: {short_reason(exc)}")
+                    return Failed(product, f"{type(exc).__name__}: {reason(exc)}")
                 except requests.RequestException as exc:  # dropped mid-body: resume
-                    last = f"transfer failed ({short_reason(exc)})"
+                    last = f"transfer failed ({reason(exc)})"
                     continue
                 path = Path(info["path"])
                 return Fetched(product, path, path.stat().st_size, sha256_file(path),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from parsers.atomic import atomic_path
-from parsers.errors import UserError
+from parsers.errors import UserError, reason
 from parsers.sentinel2 import ALL_BANDS, NATIVE_RESOLUTION
 from pipeline.fetch import sha256_file
 from pipeline.manifest import ManifestEntry
@@ -36,7 +36,6 @@ from pipeline.sentinel2_backends.common import (
     Product,
     Query,
     fetch_in_parallel,
-    short_reason,
 )
 
 # Sentinel-2 band -> Earth Search v1 asset key.
@@ -85,10 +84,10 @@ class StacBackend:
         if code:
             return UserError(
                 f"{self.service} at {self.service_url} answered HTTP {code} "
-                f"({short_reason(exc)}); check --stac-url / --stac-collection or try later"
+                f"({reason(exc)}); check --stac-url / --stac-collection or try later"
             )
         return UserError(
-            f"{self.service} at {self.service_url} is unreachable ({short_reason(exc)}): check "
+            f"{self.service} at {self.service_url} is unreachable ({reason(exc)}): check "
             "the URL and your network (Earth Search promises no guaranteed service; try later)"
         )
 
@@ -238,7 +237,7 @@ class StacBackend:
                 crs, ref_t = ref.crs, ref.transform
                 bounds = self._window(ref)
         except RasterioIOError as exc:
-            raise _ItemError(f"cannot open {ref_href} ({_gdal_reason(exc)})") from None
+            raise _ItemError(f"cannot open {ref_href} ({reason(exc)})") from None
         if bounds is None:
             return Failed(product, "no 480 m x 480 m window of the item lies inside the bbox",
                           ignorable=True)
@@ -375,6 +374,3 @@ def _mtd_xml(product: Product, dn_offsets: dict[str, int]) -> str:
 class _ItemError(Exception):
     """One item could not be turned into a product file (the others go on)."""
 
-
-def _gdal_reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]

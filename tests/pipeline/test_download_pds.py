@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from parsers.errors import ParamsError
 from parsers.pds3_table import read_rows
 from pipeline import download_pds
 from pipeline.download_pds import (
@@ -24,7 +25,6 @@ from pipeline.download_pds import (
 )
 from pipeline.fetch import PART_SUFFIX
 from pipeline.manifest import Manifest
-from pipeline.params import ParamsError
 from pipeline.synthetic.psa_archive import build_psa_archive, write_index
 from pipeline.synthetic.servers.files import Faults, serve_directory
 
@@ -367,7 +367,8 @@ def test_params_file_and_flag_overrides(archive, tmp_path, capsys) -> None:
     assert len(manifest_of(tmp_path / "flags").files) == 2
     params.write_text("download_pds:\n  chanels: [VIRTIS_M_IR]\n")
     assert download_pds.main(["--params", str(params)]) == 2
-    assert "unknown key(s) chanels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "download_pds: unknown key 'chanels' (did you mean 'channels'?)" in err
     params.write_text("download_pds:\n  channels: [VIRTIS M VIS]\n")
     assert download_pds.main(["--params", str(params)]) == 2
     assert "'VIRTIS M VIS' is not a channel name" in capsys.readouterr().err

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import load_section, read_params_file
+from pipeline.params import SOURCES, load_section, read_params_file
 
 dvc_repo = pytest.importorskip("dvc.repo")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PARAMS = REPO_ROOT / "params.yaml"
-SOURCES = ("virtis", "sentinel2")
 MATRIX_STAGES = ("split", "stats", "tiles", "train", "evaluate")
 EXPECTED_STAGES = {"download_pds", "download_sentinel2"} | {
     f"{stage}@{source}" for stage in MATRIX_STAGES for source in SOURCES
@@ -42,7 +41,7 @@ EMPTY_SECTIONS = ("virtis",)
 #: the params loader): they are deliberately not stage deps, so editing them reruns nothing.
 INFRASTRUCTURE = {
     "parsers/__init__.py", "pipeline/__init__.py", "training/__init__.py",
-    "parsers/errors.py", "parsers/atomic.py", "pipeline/params.py",
+    "parsers/errors.py", "parsers/atomic.py", "parsers/settings.py", "pipeline/params.py",
 }
 PACKAGES = ("parsers", "pipeline", "training")
 

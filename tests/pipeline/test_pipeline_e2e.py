@@ -21,10 +21,10 @@ pytest.importorskip("rasterio")
 dvc_repo = pytest.importorskip("dvc.repo")
 
 from pipeline import demo  # noqa: E402
+from pipeline.params import SOURCES  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SOURCES = ("virtis", "sentinel2")
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,7 @@ def test_params_file_and_cli_overrides(tiles_dir: Path, tmp_path: Path, capsys) 
     assert "-> 8x2x2" in text and "batch 32" in text and "loss mse" in text
     params.write_text("train:\n  virtis:\n    epoch: 3\n")
     assert run(tiles_dir, out, params=params) == 2
-    assert "unknown key(s) epoch" in capsys.readouterr().err
+    assert "train.virtis: unknown key 'epoch' (did you mean 'epochs'?)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
