@@ -103,7 +103,7 @@ def read_header(path: Path) -> dict[str, str]:
         else:
             parts.append(line.strip())
         joined = " ".join(parts)
-        if not joined.startswith("{") or joined.count("{") <= joined.count("}"):
+        if joined.count("{") <= joined.count("}"):  # GDAL too reads on until the brace closes
             fields[key] = joined
             key = None
     if key is not None:
@@ -168,9 +168,48 @@ def parse_map_info(value: str) -> dict[str, Any]:
     return info
 
 
+_INTEGER_FIELDS = ("samples", "lines", "bands", "header offset", "data type")
+
+
+def check_header(header: dict[str, str], path: Path) -> None:
+    """Refuse what GDAL would read leniently into a wrong array: non-integer sizes (GDAL
+    takes the leading digits), an unknown interleave (GDAL falls back to BSQ), a byte order
+    other than 0/1, a data ignore value that is not a number (GDAL makes it 0)."""
+    for key in _INTEGER_FIELDS:
+        value = header.get(key, "0" if key == "header offset" else None)
+        if value is None:
+            raise ProductError(path, f"header has no {key}")
+        if not value.strip().isdigit():
+            raise ProductError(path, f"header {key} = {value[:40]!r} is not a whole number")
+    interleave = header.get("interleave", "").strip().lower()
+    if interleave not in ("bsq", "bil", "bip"):
+        raise ProductError(path, f"header interleave = {interleave[:20]!r} (expected bsq, bil "
+                                 "or bip)")
+    if header.get("byte order", "0").strip() not in ("0", "1"):
+        raise ProductError(path, f"header byte order = {header['byte order'][:20]!r} "
+                                 "(expected 0 = little-endian or 1 = big-endian)")
+    if "data ignore value" in header:
+        try:
+            float(header["data ignore value"])
+        except ValueError:
+            raise ProductError(path, "header data ignore value = "
+                                     f"{header['data ignore value'][:40]!r} is not a number"
+                               ) from None
+
+
+def _check_agreement(header: dict[str, str], ds: Any, path: Path) -> None:
+    """GDAL and this module must read the same sizes and interleave from the header."""
+    ours = (int(header["bands"]), int(header["lines"]), int(header["samples"]),
+            header["interleave"].strip().upper())
+    gdal = (ds.count, ds.height, ds.width, interleave_of(ds))
+    if ours != gdal:
+        raise ProductError(path, f"header read two ways: bands/lines/samples/interleave "
+                                 f"{ours} here, {gdal} by GDAL (a malformed line?)")
+
+
 def _check_size(header: dict[str, str], ds: Any, data_path: Path, label: Path) -> None:
     itemsize = np.dtype(ds.dtypes[0]).itemsize
-    offset = int(float(header.get("header offset", "0") or 0))
+    offset = int(header.get("header offset", "0"))
     need = offset + ds.count * ds.height * ds.width * itemsize
     have = os.path.getsize(data_path)
     if have < need:
@@ -192,6 +231,7 @@ def read(path: str | os.PathLike[str], *, drop_bad_bands: bool = False) -> Raste
         raise ProductError(path, "no ENVI header (X.hdr starting with 'ENVI') beside it")
     data_path = data_for(header_path) if path == header_path else path
     header = read_header(header_path)
+    check_header(header, header_path)
     ds = open_dataset(data_path, path)
     try:
         cube = _cube(path, data_path, ds, header, drop_bad_bands)
@@ -207,6 +247,7 @@ def _cube(path: Path, data_path: Path, ds: Any, header: dict[str, str],
     dtype = np.dtype(ds.dtypes[0])
     if dtype.kind == "c":
         raise ProductError(path, f"complex data ({dtype}) is not a radiance cube; not supported")
+    _check_agreement(header, ds, path)
     _check_size(header, ds, data_path, path)
     count = ds.count
     notes: list[str] = []
@@ -236,8 +277,10 @@ def _cube(path: Path, data_path: Path, ds: Any, header: dict[str, str],
     if keep.size == 0:
         raise ProductError(path, "bbl marks every band bad; nothing left to read")
     nodata = per_band(ds.nodatavals, count, np.nan)
-    byte_order = {"0": "little-endian", "1": "big-endian"}.get(
-        header.get("byte order", "").strip(), "little-endian")
+    if "byte order" not in header:
+        notes.append("header has no byte order; GDAL reads it as little-endian")
+    byte_order = "big-endian" if header.get("byte order", "0").strip() == "1" \
+        else "little-endian"
 
     def pick(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a[keep]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from parsers import envi
 from parsers.cube import open_cube
-from parsers.errors import ProductError
+from parsers.errors import ProductError, UserError
 from pipeline.synthetic.envi_products import FILE_ORDER, hyperspectral_scene, write_envi
 
 DTYPES = {1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4"}
@@ -65,8 +71,8 @@ def test_header_or_data_file_and_naming_conventions(tmp_path, scene):
     plain = write_envi(tmp_path / "plain", data)  # X + X.hdr (AVIRIS style)
     dotted = write_envi(tmp_path / "scene.v2.img", data, header_name="scene.v2.img.hdr")
     for files in (plain, dotted):
-        for given in (files.data, files.header):
-            cube = envi.read(given)
+        for named in (files.data, files.header):
+            cube = envi.read(named)
             assert cube.data_path == files.data
             np.testing.assert_array_equal(cube.load(), data)
     assert envi.read(plain.header).product_id == "plain"
@@ -204,3 +210,65 @@ def test_split_list_and_map_info_parsing():
     assert info["rotation"] == 12.5 and "zone" not in info
     with pytest.raises(ValueError, match="at least 7 values"):
         envi.parse_map_info("{UTM, 1, 1}")
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    ("interleave", "foo", "interleave = 'foo' (expected bsq, bil or bip)"),
+    ("byte order", "7", "byte order = '7' (expected 0 = little-endian or 1 = big-endian)"),
+    ("samples", "7.5", "samples = '7.5' is not a whole number"),
+    ("bands", "13 14", "bands = '13 14' is not a whole number"),
+    ("header offset", "0}", "header offset = '0}' is not a whole number"),
+    ("data ignore value", "abc", "data ignore value = 'abc' is not a number"),
+])
+def test_header_values_gdal_would_read_leniently_are_refused(tmp_path, scene, field, value,
+                                                              problem):
+    files = write_envi(tmp_path / "c.img", scene[0], data_ignore_value=-1)
+    lines = [f"{field} = {value}" if line.split("=")[0].strip() == field else line
+             for line in files.header.read_text().splitlines()]
+    files.header.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProductError, match="^c.hdr: header " + re.escape(problem) + "$"):
+        open_cube(files.data)
+
+
+_JUNK = ["-", "x", "nan", "{", "}", "0", "1099511627776", ","]
+_LINES = ["bands = 0", "samples = -3", "data type = 99", "interleave = foo", "{", "}",
+          "header offset = 99999", "wavelength = {1,2}", "bbl = {0,0,0,0,0}", "map info = {x}",
+          "lines = 100000000000", "bands = 4", "samples = 8"]
+
+
+@settings(max_examples=int(os.environ.get("READER_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 4), st.integers(0, 99)),
+                      min_size=1, max_size=3))
+def test_mangled_headers_give_the_right_array_or_one_line(tmp_path, edits):
+    """Truncated, deleted, inserted or brace-broken header lines: never a traceback, never a
+    silently wrong array (GDAL alone reads some of them leniently)."""
+    data, wl = hyperspectral_scene(bands=5, lines=6, samples=7, seed=1)
+    files = write_envi(tmp_path / "f.img", data, interleave="bil", wavelengths=wl,
+                       wavelength_units="nm", bbl=[1] * 5, band_names=list("abcde"),
+                       map_info="UTM, 1, 1, 5, 4, 30, 30, 11, North, WGS-84",
+                       data_ignore_value=-1)
+    lines = files.header.read_text().splitlines()
+    for where, op, pick in edits:
+        k = 1 + where % (len(lines) - 1)
+        if op == 0:
+            lines[k] = lines[k][: pick % (len(lines[k]) + 1)]
+        elif op == 1:
+            lines[k] = lines[k].replace("=", "= " + _JUNK[pick % len(_JUNK)], 1)
+        elif op == 2 and len(lines) > 2:
+            del lines[k]
+        elif op == 3:
+            lines.insert(k, _LINES[pick % len(_LINES)])
+        else:
+            lines[k] += _JUNK[pick % len(_JUNK)]
+    files.header.write_text("\n".join(lines) + "\n")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cube = open_cube(files.data)
+            loaded = cube.load()
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return
+    if loaded.shape == data.shape:
+        np.testing.assert_array_equal(loaded, data)
