@@ -1,7 +1,7 @@
 """Generic PDS3 QUBE / SPECTRAL_QUBE reader (``python -m parsers.pds3 FILE``).
 
 ``read(path)`` reads the label only, derives the byte layout from it, checks the layout
-against the real file size (``docs/virtis-format.md`` §5) and returns a :class:`Cube`
+against the real file size (``docs/virtis-format.md`` section 2) and returns a :class:`Cube`
 whose arrays are mapped lazily with ``numpy.memmap`` and per-line structured dtypes:
 a band, a spectrum or a window touches only the bytes it needs.
 
@@ -669,7 +669,7 @@ def choose_layout(
     prefer_corners: bool, prefer_item_width: bool, item_widths: dict[str, int],
     context: str, line_bytes: list[int] | None,
 ) -> tuple[Layout, list[str]]:
-    """Apply the fit rule of ``docs/virtis-format.md`` (size checks) and return
+    """Apply the fit rule of ``docs/virtis-format.md`` section 2 and return
     (layout, warnings); ProductError if none fits.
 
     ``available``: the bytes a layout may use, one number for all candidates or one per

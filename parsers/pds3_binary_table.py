@@ -2,7 +2,7 @@
 
 ``read_table(path, label, name)`` locates the table from its pointer, checks the label's
 arithmetic (``ROWS`` x ``ROW_BYTES``, every column inside the row) against the file size and
-the other objects of the file (``docs/virtis-format.md``, "Size checks"), then reads the
+the other objects of the file (``docs/virtis-format.md`` section 2), then reads the
 columns with one structured ``numpy`` read. Rows are small: tables are read eagerly.
 ASCII tables (volume indexes) are :mod:`parsers.pds3_table`'s.
 """

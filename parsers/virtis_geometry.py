@@ -2,7 +2,7 @@
 
 Neither names nor scale factors are in the labels: the VIRTIS team's IDL library hard-codes
 them per plane. The tables below restate those facts in our own names
-(``docs/virtis-format.md``, "Geometry products"). One function per product family, pdr
+(``docs/virtis-format.md`` section 8). One function per product family, pdr
 style: each docstring ends with the product types it applies to ("HITS"). Planes are
 numbered from 0 in file order; a stored int32 times ``scale`` gives the value in ``unit``.
 """

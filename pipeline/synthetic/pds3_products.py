@@ -1,7 +1,7 @@
 """Write PDS3 QUBE products byte by byte (the test oracle of :mod:`parsers.pds3`).
 
 The writer is deliberately independent of the reader: it walks the cell model of
-``docs/virtis-format.md`` §5 row by row (axis 1 fastest) and emits every cell with an
+``docs/virtis-format.md`` section 3 row by row (axis 1 fastest) and emits every cell with an
 explicitly given numpy dtype, so a reader bug cannot hide behind a shared helper.
 
 Arrays are given in memory order: the core is ``(B, L, S)``; suffix planes are given per

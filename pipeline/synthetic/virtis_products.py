@@ -3,13 +3,17 @@
 Used by the tests of every stage and by the offline demo. Layouts follow
 ``docs/virtis-format.md``:
 
-- ``kind="cal"``: BIP ``>f4`` radiance core, ``SUFFIX_ITEMS = (1, 0, 3)``: one backplane item in
-  a 4-byte slot per pixel (SCET words in the low half of samples 0-2 of each line) and three
-  float32 bottomplanes (wavelength, FWHM, radiance uncertainty, each B x S) without corners.
-- ``kind="raw"``: BIP ``>i2`` DN core plus one sideplane sample per line holding B 2-byte HK
-  words (82-word structures for M, 72 for H; SCET words 1-3, dark flag 0x2000 in word 6);
-  dark-current lines at line 0 and every DARK_ACQUISITION_RATE + 1 lines.
-- ``kind="geo"``: BIP ``>i4`` scaled geometry planes, no suffix.
+- ``kind="cal"``, M channels (section 6): BIP ``>f4`` radiance core, ``SUFFIX_ITEMS = (1, 0, 3)``:
+  one backplane item in a 4-byte slot per pixel (SCET words in the low half of samples 0-2 of
+  each line) and three float32 bottomplanes (wavelength, FWHM, radiance uncertainty, each
+  B x S) without corners.
+- ``kind="cal"``, ``VIRTIS_H`` (section 7): a binary TABLE (B rows: wavelength, FWHM,
+  uncertainty) before the QUBE; the QUBE's backplane holds the 3 SCET words of every spectrum.
+- ``kind="raw"`` (section 5): BIP ``>i2`` DN core plus one sideplane sample per line holding B
+  2-byte HK words (82-word structures for M, 72 for H; SCET words 1-3, dark flag 0x2000 in
+  word 6); dark-current lines at line 0 and every DARK_ACQUISITION_RATE + 1 lines; the label
+  says ``SUFFIX_BYTES = 2``.
+- ``kind="geo"`` (section 8): BIP ``>i4`` scaled geometry planes, no suffix (.GEO or .GE5).
 
 Labels carry the quirks of the real ones: CRLF, a HISTORY object between label and qube,
 ``ROSETTA:``/``VEX:`` namespaced keys, ``{}`` sets, unquoted enumerations, ``"REAL"`` quoted.
