@@ -32,7 +32,11 @@ _INTERLEAVE = {"BAND": "BSQ", "LINE": "BIL", "PIXEL": "BIP"}
 
 
 def gdal_message(exc: BaseException, path: str | os.PathLike[str] | None = None) -> str:
-    """GDAL's complaint on one line, without the (long) file path."""
+    """GDAL's complaint on one line, without the (long) file path.
+
+    Not :func:`parsers.errors.reason`: GDAL errors carry ``(code, errno, message)`` in
+    ``args``, and rasterio chains the one that says what went wrong as ``__cause__``.
+    """
     while "previous exception" in str(exc) and exc.__cause__ is not None:
         exc = exc.__cause__
     text = " ".join(str(exc).split()) or type(exc).__name__
