@@ -836,10 +836,6 @@ def label_number(value: Any) -> float | None:
     return None
 
 
-def _float_or_none(v: Any) -> float | None:
-    return label_number(v)
-
-
 def _undefined_note(key: str, value: Any) -> str | None:
     """A warning for a keyword whose text is neither a number nor a PDS 'not defined'."""
     if value is None or label_number(value) is not None:
@@ -1040,10 +1036,11 @@ def decide_layout(
         span = lines * planes[id(layout)]
         warn.append(f"short file: only {lines} of {q.sizes['LINE']} lines are complete; "
                     "reading those")
+    holds = "those" if lines < q.sizes["LINE"] else f"the {q.name}'s"
     for other, off in overlapping_objects(offset, span, others):
         warn.append(f"^{other} points to byte {_fmt(off)}, inside the {q.name} (bytes "
-                    f"{_fmt(offset)}..{_fmt(offset + span - 1)}), and the file holds the "
-                    f"{q.name}'s bytes: ^{other} is taken as a stale pointer")
+                    f"{_fmt(offset)}..{_fmt(offset + span - 1)}), and the file holds {holds} "
+                    f"bytes: ^{other} is taken as a stale pointer")
     return layout, lines, warn
 
 
