@@ -187,6 +187,9 @@ class ProductMetadata:
     offsets: dict[str, int] = field(default_factory=dict)  # band name -> additive DN offset
     cloud_cover: float | None = None
     image_files: tuple[str, ...] = ()
+    # Which rule decided the offsets (only in the sidecars the stac download writes:
+    # product_metadata, earthsearch:boa_offset_applied, raster:bands, ...).
+    offset_source: str | None = None
 
 
 def _local(tag: str) -> str:
@@ -247,6 +250,7 @@ def parse_mtd(source: str | os.PathLike[str] | bytes, *,
         offsets=offsets,
         cloud_cover=float(cloud) if cloud else None,
         image_files=tuple(files),
+        offset_source=text.get("BOA_ADD_OFFSET_SOURCE"),
     )
 
 

@@ -2,7 +2,7 @@
 
 One interface, three backends (``--backend``):
 
-- ``stac`` (default, no account): STAC item search (pystac-client) on Earth Search v1
+- ``stac`` (default, no account): STAC item search (POST /search, paged) on Earth Search v1
   ``sentinel-2-c1-l2a``; reads only the needed window of each band's Cloud-Optimised GeoTIFF
   over HTTP and writes one multi-band GeoTIFF per item (the selected bands, 10 m grid) with an
   SCL GeoTIFF and an MTD xml (offsets) beside it.
@@ -10,6 +10,11 @@ One interface, three backends (``--backend``):
   through :mod:`pipeline.fetch` (<= 4 parallel, resume, checksum).
 - ``dhus`` (a DHuS hub you name with ``--dhus-url``): sentinelsat. DHuS only: the Copernicus
   Open Access Hub it was written for closed in 2023 and sentinelsat cannot talk to CDSE.
+
+Selection (all backends): every product the search finds is sorted by sensing time (then id)
+and ``max_products`` of them are kept by ``selection`` (:mod:`pipeline.selection`, as in the
+PDS stage): ``first`` (the earliest) or ``spread`` (evenly over the date range, first and last
+included). The same search answer always gives the same products.
 
 Every backend writes ``OUT/manifest.json`` (:mod:`pipeline.manifest`): product id, path,
 source URL, size, sha256 and the query. Passing that file back with ``--locked`` fetches exactly
@@ -34,6 +39,7 @@ from parsers.errors import EXIT_OK, ParamsError, UserError, cli_entry
 from parsers.sentinel2 import DEFAULT_BANDS, Sentinel2Settings, check_bands
 from pipeline import manifest as mf
 from pipeline.params import DEFAULT_PARAMS, from_dict, load_section
+from pipeline.selection import SELECTIONS, pick
 from pipeline.sentinel2_backends import BACKENDS, make_backend
 from pipeline.sentinel2_backends.common import Failed, Fetched, Product, Query
 
@@ -60,7 +66,9 @@ class DownloadSentinel2Params:
     ``max_cloud`` percent; ``window_px`` (stac only) the largest window edge in 10 m pixels
     read from each item, centred on the part of the item inside ``bbox`` and snapped to the
     480 m tile grid (0: the whole intersection); ``workers`` parallel transfers (<= 4, the
-    CDSE and DHuS connection limit); ``retries``/``backoff`` per request; ``timeout`` seconds.
+    CDSE and DHuS connection limit); ``retries``/``backoff`` per request; ``timeout`` seconds;
+    ``selection`` which ``max_products`` of the matching products (by sensing time):
+    ``first`` or ``spread`` over the date range.
     """
 
     backend: Literal["stac", "cdse", "dhus"] = "stac"
@@ -71,6 +79,7 @@ class DownloadSentinel2Params:
     level: Literal["L2A", "L1C"] = "L2A"
     max_cloud: float = 20.0
     max_products: int = 10
+    selection: Literal["first", "spread"] = "spread"
     window_px: int = 1920
     stac_url: str = EARTH_SEARCH_URL
     stac_collection: str = "sentinel-2-c1-l2a"
@@ -101,6 +110,8 @@ class DownloadSentinel2Params:
             raise ValueError(f"max_cloud {self.max_cloud} must be within 0..100 (%)")
         if self.max_products < 1:
             raise ValueError("max_products must be at least 1")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection {self.selection!r} must be one of {list(SELECTIONS)}")
         if self.window_px < 0 or self.window_px % 48:
             raise ValueError(f"window_px {self.window_px} must be 0 or a multiple of 48")
         if not 1 <= self.workers <= 4:
@@ -144,15 +155,38 @@ class RunSummary:
     bytes: int = 0
     failed: list[Failed] = dataclasses.field(default_factory=list)
     ignored: list[Failed] = dataclasses.field(default_factory=list)
+    found: int = 0  # products the search matched (before max_products / selection)
+    selected: int = 0
+    search_skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def line(self, backend: str) -> str:
+        """The one-line summary ``main`` prints."""
+        text = (f"{backend}: {self.selected} of {self.found} products found selected, "
+                f"{self.fetched} fetched, {self.skipped} already present, "
+                f"{self.bytes / 1e6:.1f} MB of data")
+        if self.ignored:
+            text += f", {len(self.ignored)} skipped (unusable or offline)"
+        if self.search_skipped:
+            text += "; search features passed over: " + ", ".join(
+                f"{n} {why}" for why, n in self.search_skipped.items())
+        return text + f"; manifest {self.manifest}"
 
 
 def _query_record(settings: DownloadSentinel2Params, backend, bands: tuple[str, ...]) -> dict:
     query = settings.query().as_dict()
     query.update({"backend": settings.backend, "service_url": backend.service_url,
                   "bands": list(bands)})
+    query["selection"] = settings.selection
     if settings.backend == "stac":
         query.update({"collection": settings.stac_collection, "window_px": settings.window_px})
     return query
+
+
+def select_products(products: Sequence[Product], settings: DownloadSentinel2Params
+                    ) -> list[Product]:
+    """``max_products`` of ``products`` by ``selection``, from their (sensing time, id) order."""
+    ordered = sorted(products, key=lambda p: (p.sensing_time or "", p.product_id))
+    return pick(ordered, settings.max_products, settings.selection)
 
 
 def run(
@@ -179,8 +213,11 @@ def run(
             )
         products = backend.locate(lock.files)
         query = lock.query
+        found, search_skipped = len(products), {}
     else:
-        products = backend.search(settings.query())
+        result = backend.search(settings.query())
+        found, search_skipped = len(result.products), dict(result.skipped)
+        products = select_products(result.products, settings)
         query = _query_record(settings, backend, bands)
         if not products:
             q = settings.query()
@@ -195,7 +232,8 @@ def run(
         known.update({e.product_id: e for e in lock.files})
     todo: list[Product] = []
     entries: dict[str, mf.ManifestEntry] = {}
-    summary = RunSummary(out / mf.MANIFEST_NAME)
+    summary = RunSummary(out / mf.MANIFEST_NAME, found=found, selected=len(products),
+                         search_skipped=search_skipped)
     for product in products:
         entry = known.get(product.product_id)
         if entry is not None and _present(out, entry, strict=lock is not None):
@@ -304,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--level", choices=("L2A", "L1C"), help="product level (default L2A)")
     p.add_argument("--max-cloud", type=float, help="maximum cloud cover, percent")
     p.add_argument("--max-products", type=int, help="maximum number of products")
+    p.add_argument("--selection", choices=SELECTIONS,
+                   help="which products when more match: first (earliest) or spread over the "
+                   "date range (default)")
     p.add_argument("--window-px", type=int, help="stac: window edge in 10 m pixels (0: all)")
     p.add_argument("--stac-url", help="STAC API root (default Earth Search v1)")
     p.add_argument("--stac-collection", help="STAC collection (default sentinel-2-c1-l2a)")
@@ -350,11 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 overrides)
     bands = load_bands(params_path)
     summary = run(settings, bands, args.locked)
-    print(
-        f"{settings.backend}: {summary.fetched} fetched, {summary.skipped} already present, "
-        f"{summary.bytes / 1e6:.1f} MB of data; manifest {summary.manifest}",
-        file=sys.stderr,
-    )
+    print(summary.line(settings.backend), file=sys.stderr)
     return EXIT_OK
 
 

@@ -7,7 +7,10 @@ Search (no auth): ``GET {catalogue}/Products`` with the ``$filter`` of docs/sent
 Download: ``GET {download}/Products(<Id>)/$value`` (the download host directly, since requests
 drops ``Authorization`` on cross-host redirects) with ``Authorization: Bearer <token>``, through
 :func:`pipeline.fetch.fetch_all` (at most 4 parallel transfers, Range resume, atomic rename,
-sha256) plus an MD5 check against the product's ``Checksum`` list when it is not empty.
+sha256) plus checks against the product's ``Checksum`` list (``[{Value, Algorithm,
+ChecksumDate}]``, as the real service publishes it): MD5 always, BLAKE3 too when the optional
+``blake3`` package is installed (``pip install .[sentinel2]``). A product with ``Online:
+false`` (deferred availability) is skipped with a warning naming it; the run goes on.
 Tokens come from the CDSE identity service (``grant_type=password``, ``client_id=cdse-public``;
 credentials from ``CDSE_USERNAME``/``CDSE_PASSWORD`` or ~/.netrc), live about 10 minutes and
 are refreshed before they expire (refresh token first, then the password grant); a 401 from
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +40,7 @@ from pipeline.sentinel2_backends.common import (
     Fetched,
     Product,
     Query,
+    SearchResult,
     credentials,
     unreachable,
 )
@@ -149,6 +155,37 @@ class BearerAuth(requests.auth.AuthBase):
         return new
 
 
+def _blake3() -> Any:
+    """The ``blake3`` constructor when the optional package is installed, else None."""
+    try:
+        return importlib.import_module("blake3").blake3
+    except ImportError:
+        return None
+
+
+def check_checksums(path: Path, published: dict[str, str]) -> list[str]:
+    """Check ``path`` against the published digests (lower-case algorithm -> hex): MD5
+    always, BLAKE3 when the ``blake3`` package is installed; one read of the file. Returns
+    the algorithms checked; ValueError naming the first that differs."""
+    hashers: dict[str, Any] = {}
+    if "md5" in published:
+        hashers["md5"] = hashlib.md5(usedforsecurity=False)
+    blake3 = _blake3()
+    if "blake3" in published and blake3 is not None:
+        hashers["blake3"] = blake3()
+    if not hashers:
+        return []
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            for h in hashers.values():
+                h.update(block)
+    for algo, h in hashers.items():
+        if h.hexdigest() != published[algo].lower():
+            raise ValueError(f"{algo.upper()} differs from the published value (got "
+                             f"{h.hexdigest()[:12]}..., published {published[algo][:12]}...)")
+    return list(hashers)
+
+
 class CdseBackend:
     """Search the CDSE OData catalogue and download SAFE zips with a Bearer token."""
 
@@ -180,16 +217,17 @@ class CdseBackend:
             f"ContentDate/Start lt {end.isoformat()}T00:00:00.000Z",
         ])
 
-    def search(self, query: Query) -> list[Product]:
+    def search(self, query: Query) -> SearchResult:
         url: str | None = f"{self.catalogue}/Products"
         params: dict[str, Any] | None = {
             "$filter": self.odata_filter(query),
             "$orderby": "ContentDate/Start asc",
-            "$top": min(self.settings.page_size, query.max_products, 1000),
+            "$top": min(self.settings.page_size, 1000),
             "$expand": "Attributes",
         }
         products: list[Product] = []
-        while url and len(products) < query.max_products:
+        seen: set[str] = set()
+        while url:
             try:
                 resp = self._session.get(url, params=params)
             except requests.RequestException as exc:
@@ -208,7 +246,10 @@ class CdseBackend:
                 ) from None
             products.extend(self._product(v) for v in values)
             url, params = data.get("@odata.nextLink"), None
-        return products[: query.max_products]
+            if not values or (url and url in seen):
+                break
+            seen.add(url or "")
+        return SearchResult(products)
 
     def _product(self, v: dict[str, Any]) -> Product:
         attrs = {a.get("Name"): a.get("Value") for a in v.get("Attributes") or []}
@@ -216,7 +257,12 @@ class CdseBackend:
         stem = name[:-5] if name.endswith(".SAFE") else name
         checksums = {str(c["Algorithm"]).lower(): str(c["Value"]).lower()
                      for c in v.get("Checksum") or [] if c.get("Value") and c.get("Algorithm")}
-        pb = attrs.get("processingBaseline")
+        # The real catalogue has no processingBaseline attribute: processorVersion, or the
+        # N0500 part of the product name.
+        pb = attrs.get("processingBaseline") or attrs.get("processorVersion")
+        if pb is None:
+            m = re.search(r"_N(\d{2})(\d{2})_", name)
+            pb = f"{m.group(1)}.{m.group(2)}" if m else None
         size = v.get("ContentLength")
         return Product(
             product_id=stem, url=f"{self.download_base}/Products({v['Id']})/$value",
@@ -267,19 +313,10 @@ class CdseBackend:
         session.auth = BearerAuth(self.tokens)
         out = Path(out)
         by_dest = {out / p.filename: p for p in online}
-        md5 = {part_path(d): p.checksums["md5"] for d, p in by_dest.items()
-               if "md5" in p.checksums}
+        sums = {part_path(d): p.checksums for d, p in by_dest.items()}
 
         def verify(part: Path) -> None:
-            want = md5.get(Path(part))
-            if want is None:
-                return
-            h = hashlib.md5(usedforsecurity=False)
-            with open(part, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
-            if h.hexdigest() != want:
-                raise ValueError(f"MD5 {h.hexdigest()} differs from the published {want}")
+            check_checksums(part, sums.get(Path(part)) or {})
 
         jobs = [FetchJob(p.url, d, expected_size=p.size,
                          expected_sha256=p.expected_sha256,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from tqdm import tqdm
@@ -99,6 +99,47 @@ class Failed:
     error: str
     offline: bool = False
     ignorable: bool = False
+
+
+@dataclass
+class SearchResult:
+    """What a search found: every matching product (any order; the stage sorts and selects)
+    and how many features it passed over, by reason (e.g. ``{"of other collections": 7,
+    "trimmed (no datetime or band assets)": 2}``), for the run summary."""
+
+    products: list[Product]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+OnDone = Callable[["Fetched | Failed"], None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The interface every Sentinel-2 download backend implements (``stac``, ``cdse``,
+    ``dhus``). ``name`` is the ``--backend`` value, ``service`` a human name for messages,
+    ``service_url`` the URL recorded in the manifest's query."""
+
+    name: str
+    service: str
+    service_url: str
+
+    def search(self, query: Query) -> SearchResult:
+        """Every product matching ``query`` (the stage applies max_products/selection)."""
+        ...
+
+    def locate(self, entries: Sequence[Any]) -> list[Product]:
+        """The products of a locked manifest's entries, found again."""
+        ...
+
+    def fetch(self, products: Sequence[Product], out: Path,
+              on_done: OnDone | None = None) -> list[Fetched | Failed]:
+        """Write ``products`` under ``out`` (atomically, resumable, retried); one result per
+        product in order; ``on_done`` sees each as it finishes."""
+        ...
 
 
 def credentials(

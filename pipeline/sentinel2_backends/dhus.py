@@ -31,6 +31,7 @@ from pipeline.sentinel2_backends.common import (
     Fetched,
     Product,
     Query,
+    SearchResult,
     credentials,
     fetch_in_parallel,
     unreachable,
@@ -94,7 +95,7 @@ class DhusBackend:
         return UserError(f"DHuS hub at {self.url}: {' '.join(str(msg).split())[:200]}")
 
     # ------------------------------------------------------------------ search
-    def search(self, query: Query) -> list[Product]:
+    def search(self, query: Query) -> SearchResult:
         from sentinelsat.exceptions import SentinelAPIError
 
         ptype = "S2MSI2A" if query.level == "L2A" else "S2MSI1C"
@@ -104,13 +105,12 @@ class DhusBackend:
                 date=(f"{query.start}T00:00:00.000Z", f"{query.end}T23:59:59.999Z"),
                 platformname="Sentinel-2", producttype=ptype,
                 cloudcoverpercentage=(0, query.max_cloud),
-                order_by="+beginposition", limit=query.max_products,
+                order_by="+beginposition",
             )
         except (SentinelAPIError, requests.RequestException) as exc:
             raise self._error(exc) from None
-        products = [self._product(uid, props, query.level) for uid, props in found.items()]
-        products.sort(key=lambda p: (p.sensing_time or "", p.product_id))
-        return products[: query.max_products]
+        return SearchResult([self._product(uid, props, query.level)
+                             for uid, props in found.items()])
 
     def _product(self, uid: str, props: dict[str, Any], level: str) -> Product:
         begin = props.get("beginposition")

@@ -1,16 +1,36 @@
 """``stac`` backend: STAC item search + windowed reads of Cloud-Optimised GeoTIFF assets.
 
-Search: pystac-client on a STAC API (default Earth Search v1, collection
-``sentinel-2-c1-l2a``) with ``bbox``, ``datetime`` and ``query={"eo:cloud_cover": {"lte": N}}``.
+Search: ``POST {api}/search`` (the landing page's ``rel=search`` link) through
+:func:`pipeline.fetch.make_session` with ``collections``, ``bbox``, ``datetime``, ``limit`` and
+``query={"eo:cloud_cover": {"lte": N}}``, following ``rel=next`` links to the end: POST links
+carry a body (Earth Search v1: ``{"next": "<datetime>,<id>,<collection>"}``, v0:
+``{"page": 2, ...}``) that is laid over the previous body, GET links are followed as given.
+What real pages hold and is passed over (counted in the run summary):
+
+- features of other collections (a page can mix collections);
+- trimmed features (no id, no datetime, or no http(s) asset for a selected band), as a
+  ``fields``-filtered search returns them;
+- features whose cloud cover exceeds ``max_cloud`` (a server that ignores ``query``).
+
+Assets: Earth Search v1 keys (``blue``, ``nir08``, ``scl``, ...), v0 keys (``B02``, ``SCL``)
+or ``eo:bands`` names; ``*-jp2`` twins and ``s3://`` hrefs are never used.
+
+Offsets (the DN offset of processing baseline >= 04.00), decided per item in this order and
+recorded as ``offset_rule``: (1) ``product_metadata``: the product's own ``MTD_MSIL2A.xml``
+asset (http(s) only) and its ``BOA_ADD_OFFSET`` values; (2)
+``earthsearch:boa_offset_applied`` / ``sentinel:boa_offset_applied`` true: nothing left to
+apply; (3) ``raster:bands``: the assets' declared offset / scale; (4) ``processing_baseline``:
+-1000 from baseline 04.00 on, when an item declares nothing at all (v0 items).
+
 Data: for each item the window of the 10 m grid that lies inside the area of interest (snapped
 to the 480 m tile grid, at most ``window_px`` pixels a side, centred) is read from every band's
 COG over HTTP range requests by :func:`parsers.sentinel2.read_assets` (20 m bands and SCL
 pixel-replicated onto the 10 m grid), items in parallel threads. Per item the output folder
 gets ``<item id>.tif`` (the selected bands, uint16, nodata 0, band descriptions = band names,
-the assets' ``raster:bands`` scale/offset as GDAL scale/offset and a ``BOA_ADD_OFFSET`` band
-tag in DN, e.g. -1000; DNs as served, no offset applied), ``<item id>_SCL.tif`` (scene
-classification, same grid) and ``<item id>_MTD.xml`` (level, baseline and offsets in the
-``MTD_MSIL2A.xml`` shape, which :func:`parsers.sentinel2.read` uses to harmonise).
+GDAL scale/offset and a ``BOA_ADD_OFFSET`` band tag in DN, e.g. -1000, both as decided above;
+DNs as served, no offset applied), ``<item id>_SCL.tif`` (scene classification, same grid) and
+``<item id>_MTD.xml`` (level, baseline, offsets and ``BOA_ADD_OFFSET_SOURCE`` = the rule, in
+the ``MTD_MSIL2A.xml`` shape, which :func:`parsers.sentinel2.read` uses to harmonise).
 """
 
 from __future__ import annotations
@@ -19,23 +39,26 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 
 from parsers.atomic import atomic_path
 from parsers.errors import UserError, reason
 from parsers.sentinel2 import ALL_BANDS, NATIVE_RESOLUTION
-from pipeline.fetch import sha256_file
+from pipeline.fetch import make_session, sha256_file
 from pipeline.manifest import ManifestEntry
 from pipeline.sentinel2_backends.common import (
     Failed,
     Fetched,
     Product,
     Query,
+    SearchResult,
     fetch_in_parallel,
+    unreachable,
 )
 
 # Sentinel-2 band -> Earth Search v1 asset key.
@@ -45,6 +68,15 @@ ASSET_KEYS: dict[str, str] = {
     "B11": "swir16", "B12": "swir22", "SCL": "scl",
 }
 GRID_M = 480  # the 48 x 48 tile grid at 10 m: windows start and end on multiples of 480 m
+
+
+OFFSET_FLAGS = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
+L2A_QUANTIFICATION = 10000.0  # BOA_QUANTIFICATION_VALUE: DN / 10000 = reflectance
+MAX_PAGES = 10_000
+MISLABELLED_COLLECTION = "sentinel-2-l2a"
+TRIMMED = "trimmed (no id, datetime or http(s) asset for a selected band)"
+FOREIGN = "of other collections"
+CLOUDY = "cloudier than max_cloud"
 
 
 class StacBackend:
@@ -59,74 +91,124 @@ class StacBackend:
         self.service_url = settings.stac_url
         self.collection = settings.stac_collection
         self._items: dict[str, dict[str, Any]] = {}
+        self._session = make_session(retries=settings.retries, backoff=settings.backoff,
+                                     timeout=(min(10.0, settings.timeout), settings.timeout),
+                                     pool_size=max(4, settings.workers * 2))
+        self._warned = False
 
     # ------------------------------------------------------------------ search
-    def _client(self):
-        from pystac_client import Client
-        from pystac_client.exceptions import APIError
-        from pystac_client.stac_api_io import StacApiIO
-        from urllib3.util.retry import Retry
-
-        s = self.settings
-        retry = Retry(total=s.retries, backoff_factor=s.backoff, backoff_max=30,
-                      status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
-                      respect_retry_after_header=True, raise_on_status=False)
-        io = StacApiIO(max_retries=retry, timeout=s.timeout)
+    def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        """JSON answer of one API request; UserError naming the service on failure."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return Client.open(self.service_url, stac_io=io)
-        except APIError as exc:
-            raise self._api_error(exc) from None
+            resp = self._session.request(method, url, json=body)
+        except requests.RequestException as exc:
+            raise unreachable(self.service, self.service_url, exc, _HINT) from None
+        if resp.status_code != 200:
+            raise UserError(
+                f"{self.service} at {self.service_url} answered HTTP {resp.status_code} to "
+                f"{method} {url} ({resp.text[:120].strip()!r}); check --stac-url / "
+                "--stac-collection or try later")
+        try:
+            return resp.json()
+        except ValueError:
+            raise UserError(f"{self.service} at {url}: the answer is not JSON") from None
 
-    def _api_error(self, exc: BaseException) -> UserError:
-        code = getattr(exc, "status_code", None)
-        if code:
-            return UserError(
-                f"{self.service} at {self.service_url} answered HTTP {code} "
-                f"({reason(exc)}); check --stac-url / --stac-collection or try later"
-            )
-        return UserError(
-            f"{self.service} at {self.service_url} is unreachable ({reason(exc)}): check "
-            "the URL and your network (Earth Search promises no guaranteed service; try later)"
-        )
+    def _search_url(self) -> str:
+        landing = self._request("GET", self.service_url)
+        links = [ln for ln in (landing.get("links") or []) if isinstance(ln, dict)
+                 and ln.get("rel") == "search" and ln.get("href")]
+        post = [ln for ln in links if str(ln.get("method", "POST")).upper() == "POST"]
+        if post or links:
+            return str((post or links)[0]["href"])
+        return self.service_url.rstrip("/") + "/search"
 
-    def search(self, query: Query) -> list[Product]:
-        from pystac_client.exceptions import APIError
+    def _pages(self, body: dict[str, Any]) -> Iterator[list[Any]]:
+        """The ``features`` of every page of a POST search, following ``rel=next`` links."""
+        url, method = self._search_url(), "POST"
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            page = self._request(method, url, body if method == "POST" else None)
+            features = page.get("features") if isinstance(page, dict) else None
+            if not isinstance(features, list):
+                raise UserError(f"{self.service} at {url}: the answer has no features list")
+            yield features
+            nxt = next((ln for ln in page.get("links") or [] if isinstance(ln, dict)
+                        and ln.get("rel") == "next" and ln.get("href")), None)
+            if nxt is None or not features:
+                return
+            method = str(nxt.get("method", "GET")).upper()
+            url = str(nxt["href"])
+            if method == "POST":
+                # Earth Search's link bodies hold only the token ({"next": ...}, v0 {"page":
+                # 2, ...}); laid over the previous body, the filters are kept either way.
+                body = {**body, **(nxt.get("body") or {})}
+            key = url + json.dumps(body, sort_keys=True) if method == "POST" else url
+            if key in seen:
+                return
+            seen.add(key)
+        raise UserError(f"{self.service} at {self.service_url}: more than {MAX_PAGES} pages")
 
+    def _warn_collection(self) -> None:
+        if self.collection == MISLABELLED_COLLECTION and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"stac: collection {self.collection} has items whose "
+                "earthsearch:boa_offset_applied flag is known to be wrong (element84 "
+                "earth-search issues #66, #71): offsets are decided per item, but "
+                "sentinel-2-c1-l2a (the default) is the safer collection", stacklevel=2)
+
+    def search(self, query: Query) -> SearchResult:
         if query.level != "L2A" and "l2a" in self.collection.lower():
             raise UserError(
                 f"stac: collection {self.collection} holds L2A products; for L1C use "
                 "--backend cdse (Earth Search's L1C collection is JP2 in a requester-pays "
                 "bucket) or --stac-collection naming an L1C COG collection"
             )
-        client = self._client()
-        try:
-            search = client.search(
-                collections=[self.collection], bbox=list(query.bbox),
-                datetime=f"{query.start}T00:00:00Z/{query.end}T23:59:59Z",
-                query={"eo:cloud_cover": {"lte": query.max_cloud}},
-                max_items=query.max_products,
-                limit=min(self.settings.page_size, query.max_products),
-            )
-            items = [it.to_dict() for it in search.items()]
-        except APIError as exc:
-            raise self._api_error(exc) from None
-        items.sort(key=lambda it: (it["properties"].get("datetime") or "", it["id"]))
-        return [self._product(it) for it in items]
+        self._warn_collection()
+        body = {"collections": [self.collection], "bbox": list(query.bbox),
+                "datetime": f"{query.start}T00:00:00Z/{query.end}T23:59:59Z",
+                "query": {"eo:cloud_cover": {"lte": query.max_cloud}},
+                "limit": self.settings.page_size}
+        result = SearchResult([])
+        ids: set[str] = set()
+        for features in self._pages(body):
+            for item in features:
+                reason = self._unusable(item, query.max_cloud)
+                if reason is not None:
+                    result.skip(reason)
+                elif item["id"] not in ids:
+                    ids.add(item["id"])
+                    result.products.append(self._product(item))
+        return result
+
+    def _unusable(self, item: Any, max_cloud: float | None = None) -> str | None:
+        """Why a search feature cannot be used (a skip reason), or None."""
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            return TRIMMED
+        if "collection" in item and item["collection"] != self.collection:
+            return FOREIGN
+        props = item.get("properties")
+        if not isinstance(props, dict) or not props.get("datetime") or not isinstance(
+                item.get("assets"), dict) or "collection" not in item:
+            return TRIMMED
+        if any(self._asset(item, b) is None for b in self.bands):
+            return TRIMMED
+        cloud = props.get("eo:cloud_cover")
+        if max_cloud is not None and isinstance(cloud, (int, float)) and cloud > max_cloud:
+            return CLOUDY
+        return None
 
     def locate(self, entries: Sequence[ManifestEntry]) -> list[Product]:
         """Find the locked items again (by id) on the STAC API."""
-        from pystac_client.exceptions import APIError
-
+        self._warn_collection()
         ids = [e.product_id for e in entries]
-        client = self._client()
-        try:
-            found = {it.id: it.to_dict() for it in client.search(
-                collections=[self.collection], ids=ids, max_items=len(ids),
-                limit=min(self.settings.page_size, max(1, len(ids)))).items()}
-        except APIError as exc:
-            raise self._api_error(exc) from None
+        found: dict[str, dict[str, Any]] = {}
+        body = {"collections": [self.collection], "ids": ids,
+                "limit": min(self.settings.page_size, max(1, len(ids)))}
+        for features in self._pages(body):
+            for item in features:
+                if self._unusable(item) is None:
+                    found.setdefault(item["id"], item)
         missing = [i for i in ids if i not in found]
         if missing:
             raise UserError(
@@ -141,12 +223,14 @@ class StacBackend:
         self_href = next((ln["href"] for ln in item.get("links", []) if ln.get("rel") == "self"),
                          f"{self.service_url.rstrip('/')}/collections/{self.collection}/items/"
                          f"{item['id']}")
+        uri = props.get("s2:product_uri") or props.get("sentinel:product_id")
         return Product(
             product_id=item["id"], url=self_href, filename=f"{item['id']}.tif",
             sensing_time=props.get("datetime"), cloud_cover=props.get("eo:cloud_cover"),
-            processing_baseline=props.get("s2:processing_baseline"),
+            processing_baseline=(props.get("s2:processing_baseline")
+                                 or props.get("sentinel:processing_baseline")),
             meta={"collection": item.get("collection", self.collection),
-                  "product_uri": props.get("s2:product_uri"), "level": "L2A"},
+                  "product_uri": uri, "level": "L2A"},
         )
 
     # ------------------------------------------------------------------- fetch
@@ -179,17 +263,51 @@ class StacBackend:
             return fetch_in_parallel(products, one, workers=s.workers, desc="stac",
                                      unit="item", progress=s.progress, on_done=on_done)
 
-    def _asset(self, item: dict[str, Any], band: str) -> tuple[str, dict[str, Any]] | None:
-        assets = item.get("assets", {})
+    @staticmethod
+    def _asset(item: dict[str, Any], band: str) -> tuple[str, dict[str, Any]] | None:
+        """(key, asset) of ``band``: v1 keys, v0 keys or ``eo:bands``; never a ``*-jp2``
+        twin, never an ``s3://`` (or other non-http) href."""
+        assets = item.get("assets") or {}
+
+        def usable(key: str) -> bool:
+            asset = assets.get(key)
+            return (isinstance(asset, dict) and not key.endswith("-jp2")
+                    and str(asset.get("href", "")).startswith(("http://", "https://")))
+
         for key in (ASSET_KEYS.get(band), band, band.lower(),
                     *(f"{band}_{r}m" for r in (10, 20, 60))):
-            if key and key in assets:
+            if key and usable(key):
                 return key, assets[key]
         for key, asset in assets.items():
-            names = [b.get("name") for b in asset.get("eo:bands", [])]
-            if names == [band]:
+            names = [b.get("name") for b in (asset.get("eo:bands") or [])
+                     if isinstance(b, dict)] if isinstance(asset, dict) else []
+            if names == [band] and usable(key):
                 return key, asset
         return None
+
+    def _product_metadata(self, item: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+        """The item's own ``MTD_MSIL2A.xml`` (``product_metadata`` asset, http(s) only),
+        parsed, and a manifest record of it; (None, None) when the item has none usable."""
+        from parsers.errors import ProductError
+        from parsers.sentinel2 import parse_mtd
+
+        asset = (item.get("assets") or {}).get("product_metadata")
+        href = str(asset.get("href", "")) if isinstance(asset, dict) else ""
+        if not href.startswith(("http://", "https://")):
+            return None, None
+        try:
+            resp = self._session.get(href)
+        except requests.RequestException as exc:
+            raise _ItemError(f"product_metadata {href}: {reason(exc)}") from None
+        if resp.status_code != 200:
+            raise _ItemError(f"product_metadata {href}: HTTP {resp.status_code}")
+        try:
+            mtd = parse_mtd(resp.content, name=href)
+        except ProductError as exc:
+            raise _ItemError(f"product_metadata: {exc}") from None
+        return mtd, {"href": href, "size": len(resp.content),
+                     "sha256": hashlib.sha256(resp.content).hexdigest(),
+                     "baseline": mtd.baseline}
 
     def _window(self, ref) -> tuple[float, float, float, float] | None:
         """(left, bottom, right, top) in the item CRS: AOI ∩ raster, snapped, capped."""
@@ -259,14 +377,14 @@ class StacBackend:
         height, width = stack.shape[1:]
         transform = s2.transform
         crs = s2.crs or crs
-        scales, offsets, dn_offsets = [], [], []
-        for band in names:
-            scale, offset = _scale_offset(located[band][1])
-            scales.append(scale)
-            offsets.append(offset)
-            dn_offsets.append(round(offset / scale) if scale and band != "SCL" else 0)
         spectral = [b for b in names if b != "SCL"]
         k = len(spectral)
+        mtd, mtd_record = self._product_metadata(item)
+        decided, rule = decide_offsets(item, {b: located[b][1] for b in spectral},
+                                       mtd, product.processing_baseline)
+        scales = [_scale_offset(located[b][1], b)[0] for b in spectral]
+        dn_offsets = [decided[b] for b in spectral]
+        offsets = [d * sc for d, sc in zip(dn_offsets, scales, strict=True)]
         dest = out / product.filename
         profile = {"driver": "GTiff", "width": width, "height": height, "crs": crs,
                    "transform": transform, "nodata": 0, "tiled": True, "blockxsize": 256,
@@ -283,14 +401,13 @@ class StacBackend:
                 dst.update_tags(PRODUCT_ID=product.product_id, LAYER="SCL")
         sidecars["MTD"] = out / f"{dest.stem}_MTD.xml"
         with atomic_path(sidecars["MTD"]) as tmp:
-            tmp.write_text(_mtd_xml(product, dict(zip(spectral, dn_offsets[:k], strict=True))),
-                           encoding="utf-8")
+            tmp.write_text(_mtd_xml(product, decided, rule), encoding="utf-8")
         with atomic_path(dest) as tmp, rasterio.open(
             tmp, "w", count=k, dtype="uint16", predictor=2, **profile
         ) as dst:
             dst.write(stack[:k])
-            dst.scales = tuple(scales[:k])
-            dst.offsets = tuple(offsets[:k])
+            dst.scales = tuple(scales)
+            dst.offsets = tuple(offsets)
             for i, band in enumerate(spectral, start=1):
                 dst.set_band_description(i, band)
                 dst.update_tags(i, BAND_NAME=band, STAC_ASSET=located[band][0],
@@ -302,7 +419,7 @@ class StacBackend:
                 CLOUD_COVER=str(product.cloud_cover if product.cloud_cover is not None
                                 else ""),
                 PRODUCT_URI=str(product.meta.get("product_uri") or ""),
-                BANDS=",".join(spectral),
+                BANDS=",".join(spectral), OFFSET_RULE=rule,
             )
         digest = hashlib.sha256(stack.tobytes())
         digest.update(json.dumps({"bands": names, "crs": crs.to_string(),
@@ -310,7 +427,8 @@ class StacBackend:
         meta = {
             "bands": spectral, "crs": crs.to_string(), "transform": list(transform)[:6],
             "shape": [k, height, width], "data_sha256": digest.hexdigest(),
-            "boa_add_offset": dict(zip(spectral, dn_offsets[:k], strict=True)),
+            "boa_add_offset": dict(decided), "offset_rule": rule,
+            **({"product_metadata": mtd_record} if mtd_record else {}),
             "sidecars": {key: {"path": p.name, "size": p.stat().st_size,
                                "sha256": sha256_file(p)} for key, p in sidecars.items()},
             "assets": {b: located[b][1]["href"] for b in names},
@@ -320,22 +438,58 @@ class StacBackend:
                        meta=meta)
 
 
-def _scale_offset(asset: dict[str, Any]) -> tuple[float, float]:
-    """(scale, offset) of a single-band asset: STAC 1.0 ``raster:bands`` or the STAC 1.1
+def _declared(asset: dict[str, Any]) -> dict[str, float]:
+    """The ``scale``/``offset`` an asset declares: STAC 1.0 ``raster:bands`` or the STAC 1.1
     ``raster:scale``/``raster:offset`` fields (on the asset or its first ``bands`` entry)."""
     rb = (asset.get("raster:bands") or [{}])[0]
     if "scale" in rb or "offset" in rb:
-        return float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))
+        return {k: float(rb[k]) for k in ("scale", "offset") if k in rb}
     first = (asset.get("bands") or [{}])[0]
-    scale = asset.get("raster:scale", first.get("raster:scale", 1.0))
-    offset = asset.get("raster:offset", first.get("raster:offset", 0.0))
-    return float(scale), float(offset)
+    out = {}
+    for key in ("scale", "offset"):
+        value = asset.get(f"raster:{key}", first.get(f"raster:{key}"))
+        if value is not None:
+            out[key] = float(value)
+    return out
 
 
-def _mtd_xml(product: Product, dn_offsets: dict[str, int]) -> str:
-    """A minimal ``MTD_MSIL2A.xml``-shaped sidecar: level, baseline, quantification and the
-    per-band ``BOA_ADD_OFFSET`` (ESA band_id order), which :mod:`parsers.sentinel2` reads as
-    ``<stem>_MTD.xml`` next to the GeoTIFF to harmonise the offset."""
+def _scale_offset(asset: dict[str, Any], band: str | None = None) -> tuple[float, float]:
+    """(scale, offset) declared by a single-band asset. Without a declared scale a
+    reflectance band gets 1 / 10000 (the L2A BOA quantification; v0 items declare none)."""
+    found = _declared(asset)
+    default = 1.0 if band in (None, "SCL") else 1.0 / L2A_QUANTIFICATION
+    return found.get("scale", default), found.get("offset", 0.0)
+
+
+def decide_offsets(
+    item: dict[str, Any], assets: dict[str, dict[str, Any]], mtd: Any, baseline: str | None
+) -> tuple[dict[str, int], str]:
+    """(DN offset per band, rule) by the offset truth order of this module's docstring.
+
+    ``assets`` maps each spectral band to its asset; ``mtd`` is the parsed
+    ``product_metadata`` (a :class:`parsers.sentinel2.ProductMetadata`) or None.
+    """
+    from parsers.sentinel2 import baseline_has_offset
+
+    if mtd is not None:
+        return {b: int(mtd.offsets.get(b, 0)) for b in assets}, "product_metadata"
+    props = item.get("properties") or {}
+    for flag in OFFSET_FLAGS:
+        if props.get(flag) is True:
+            return dict.fromkeys(assets, 0), flag
+    declared = {b: _declared(a) for b, a in assets.items()}
+    if any("offset" in d for d in declared.values()):
+        return {b: round(d.get("offset", 0.0) / _scale_offset(assets[b], b)[0])
+                for b, d in declared.items()}, "raster:bands"
+    return dict.fromkeys(assets, -1000 if baseline_has_offset(baseline) else 0), (
+        "processing_baseline")
+
+
+def _mtd_xml(product: Product, dn_offsets: dict[str, int], rule: str) -> str:
+    """A minimal ``MTD_MSIL2A.xml``-shaped sidecar: level, baseline, quantification, the
+    per-band ``BOA_ADD_OFFSET`` (ESA band_id order) and ``BOA_ADD_OFFSET_SOURCE`` (the rule
+    that decided them), which :mod:`parsers.sentinel2` reads as ``<stem>_MTD.xml`` next to the
+    GeoTIFF to harmonise the offset."""
     from xml.sax.saxutils import escape
 
     rows = "".join(
@@ -365,10 +519,15 @@ def _mtd_xml(product: Product, dn_offsets: dict[str, int]) -> str:
         '      <BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>\n'
         "     </QUANTIFICATION_VALUES_LIST>\n"
         f"{offsets}"
+        f"     <BOA_ADD_OFFSET_SOURCE>{escape(rule)}</BOA_ADD_OFFSET_SOURCE>\n"
         "    </Product_Image_Characteristics>\n  </n1:General_Info>\n"
         f"{cloud}"
         "</n1:Level-2A_User_Product>\n"
     )
+
+
+_HINT = ("check the URL and your network (Earth Search promises no guaranteed service; "
+         "try later)")
 
 
 class _ItemError(Exception):

@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 pytest.importorskip("rasterio")
-pytest.importorskip("pystac_client")
 pytest.importorskip("sentinelsat")
 
 import rasterio

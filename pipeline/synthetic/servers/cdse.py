@@ -6,7 +6,14 @@ Endpoints below the base URL ``http://127.0.0.1:PORT/``:
   ``client_id=cdse-public``); bad credentials -> 401 ``invalid_grant``.
 - ``GET odata/v1/Products?$filter=&$top=&$skip=&$orderby=&$expand=``: OData v4
   ``{"@odata.context", "value": [...], "@odata.nextLink"}``; honours the product type, cloud
-  cover and sensing-time clauses of the filter; ``Checksum`` is a list (MD5 + BLAKE3).
+  cover and sensing-time clauses of the filter. Product records have the shape of the real
+  catalogue's (tests/data/realapi/cdse/eodag_cop_dataspace_search_odata.json): the same keys,
+  ``Checksum`` a list of MD5 and BLAKE3 (the BLAKE3 digest is real when the ``blake3``
+  package is installed), ``Attributes`` with ``processorVersion`` and no
+  ``processingBaseline``, an absolute ``@odata.nextLink`` with ``$skip``.
+- ``recorded`` pages (real replies) are served verbatim instead, their
+  ``https://catalogue.dataspace.copernicus.eu/`` links pointed at this server: the first
+  page for a search without ``$skip``, the page a ``@odata.nextLink`` names for its ``$skip``.
 - ``GET download/odata/v1/Products(<Id>)/$value``: needs ``Authorization: Bearer <live
   token>`` (else 401), serves the zip with Range support.
 
@@ -15,12 +22,15 @@ downloads), ``fail_first`` (503 to the first N downloads), ``bad_checksum`` (uui
 published MD5 is wrong), ``revoke_tokens()`` (every issued token stops working: imitates
 expiry), ``search_fail`` (503 to the first N searches), ``token_lifetime`` seconds,
 ``revoke_after_downloads`` (tokens stop working after N downloads), ``empty_checksum``,
-``deny_download`` (401 to every download).
+``deny_download`` (401 to every download), ``bad_blake3`` (uuid set whose published BLAKE3 is
+wrong).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import json
 import re
 import threading
@@ -44,6 +54,8 @@ class CdseHub:
     fail_first: int = 0
     search_fail: int = 0
     bad_checksum: set[str] = field(default_factory=set)
+    bad_blake3: set[str] = field(default_factory=set)
+    recorded: list[dict] = field(default_factory=list)  # real reply pages, served verbatim
     empty_checksum: bool = False
     revoke_after_downloads: int = 0  # revoke every token once this many bodies were served
     deny_download: bool = False  # every download answers 401 (an account without rights)
@@ -78,36 +90,77 @@ class CdseHub:
             return False
 
 
+REAL_HOST = "https://catalogue.dataspace.copernicus.eu/"
+
+
+def _blake3_hex(data: bytes) -> str:
+    """BLAKE3 of ``data`` (a fixed stand-in when the blake3 package is missing: the client
+    then checks MD5 only)."""
+    try:
+        return importlib.import_module("blake3").blake3(data).hexdigest()
+    except ImportError:
+        return hashlib.sha256(b"no blake3 package" + data).hexdigest()
+
+
 def _odata(p: FakeProduct, base: str, hub: CdseHub) -> dict:
     md5 = "0" * 32 if p.uuid in hub.bad_checksum else p.published_md5
+    blake3 = "0" * 64 if p.uuid in hub.bad_blake3 else _blake3_hex(p.data)
+    stamp = p.begin.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     checksum = [] if hub.empty_checksum else [
-        {"Value": md5, "Algorithm": "MD5", "ChecksumDate": "2023-08-05T14:00:00.000Z"},
-        {"Value": "ab" * 32, "Algorithm": "BLAKE3", "ChecksumDate": "2023-08-05T14:00:00Z"},
+        {"Value": md5, "Algorithm": "MD5", "ChecksumDate": stamp},
+        {"Value": blake3, "Algorithm": "BLAKE3", "ChecksumDate": stamp},
     ]
     w, s, e, n = p.bbox
+    ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
+    product_type = "S2MSI2A" if p.level == "L2A" else "S2MSI1C"
+
+    def attr(kind: str, name: str, value: object) -> dict:
+        return {"@odata.type": f"#OData.CSC.{kind}Attribute", "Name": name, "Value": value,
+                "ValueType": kind}
+
     return {
         "@odata.mediaContentType": "application/octet-stream",
         "Id": p.uuid,
         "Name": p.title + ".SAFE",
         "ContentType": "application/octet-stream",
         "ContentLength": len(p.data),
-        "OriginDate": p.begin.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-        "PublicationDate": p.begin.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "OriginDate": stamp,
+        "PublicationDate": stamp,
+        "ModificationDate": stamp,
         "Online": p.online,
+        "EvictionDate": "9999-12-31T23:59:59.999999Z",
         "S3Path": f"/eodata/Sentinel-2/MSI/{p.level}/{p.begin:%Y/%m/%d}/{p.title}.SAFE",
         "Checksum": checksum,
-        "ContentDate": {"Start": p.begin.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                        "End": p.begin.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+        "ContentDate": {"Start": stamp, "End": stamp},
         "Footprint": f"geography'SRID=4326;POLYGON(({w} {s},{e} {s},{e} {n},{w} {n},{w} {s}))'",
+        "GeoFootprint": {"type": "Polygon", "coordinates": [ring]},
         "Attributes": [
-            {"@odata.type": "#OData.CSC.StringAttribute", "Name": "productType",
-             "Value": "S2MSI2A" if p.level == "L2A" else "S2MSI1C", "ValueType": "String"},
-            {"@odata.type": "#OData.CSC.DoubleAttribute", "Name": "cloudCover",
-             "Value": p.cloud, "ValueType": "Double"},
-            {"@odata.type": "#OData.CSC.StringAttribute", "Name": "processingBaseline",
-             "Value": p.baseline, "ValueType": "String"},
+            attr("String", "origin", "ESA"),
+            attr("Double", "cloudCover", p.cloud),
+            attr("String", "processingLevel", product_type),
+            attr("String", "processorVersion", p.baseline),
+            attr("String", "platformShortName", "SENTINEL-2"),
+            attr("String", "productType", product_type),
+            attr("DateTimeOffset", "beginningDateTime", stamp),
+            attr("DateTimeOffset", "endingDateTime", stamp),
         ],
+        "Assets": [],
     }
+
+
+def _recorded_page(hub: CdseHub, base: str, query: dict[str, str]) -> dict | None:
+    """The recorded page a search asks for (by ``$skip``), links pointed at ``base``."""
+    index = 0
+    skip = query.get("$skip")
+    if skip is not None:
+        index = -1
+        for i, page in enumerate(hub.recorded[:-1]):
+            link = parse_qs(urlsplit(page.get("@odata.nextLink", "")).query)
+            if link.get("$skip", [None])[-1] == skip:
+                index = i + 1
+    if not 0 <= index < len(hub.recorded):
+        return None
+    return json.loads(json.dumps(hub.recorded[index]).replace(REAL_HOST, base))
 
 
 def _filter(products: list[FakeProduct], flt: str) -> list[FakeProduct]:
@@ -196,6 +249,13 @@ def _handler(hub: CdseHub):
                 send(self, 503, b'{"detail": "Service Unavailable"}')
                 return
             q = {k: v[-1] for k, v in parse_qs(query).items()}
+            if hub.recorded:
+                page = _recorded_page(hub, self.base, q)
+                if page is None:
+                    send(self, 404, b'{"detail": "no such recorded page"}')
+                else:
+                    send(self, 200, json.dumps(page).encode())
+                return
             try:
                 hits = _filter(hub.products, q.get("$filter", ""))
             except ValueError as exc:
@@ -203,10 +263,11 @@ def _handler(hub: CdseHub):
                 return
             top, skip = int(q.get("$top", 20)), int(q.get("$skip", 0))
             page = hits[skip: skip + top]
-            body = {"@odata.context": "$metadata#Products(Attributes())",
+            body = {"@odata.context": "$metadata#Products(Attributes(),Assets())",
                     "value": [_odata(p, self.base, hub) for p in page]}
             if skip + top < len(hits):
-                nq = dict(q, **{"$skip": str(skip + top)})
+                nq = [(k, v) for k, v in dict(q, **{"$skip": str(skip + top)}).items()
+                      if k != "$expand"] + [("$expand", "Attributes"), ("$expand", "Assets")]
                 body["@odata.nextLink"] = f"{self.base}odata/v1/Products?{urlencode(nq)}"
             send(self, 200, json.dumps(body).encode())
 

@@ -392,3 +392,158 @@ def serve_stac_catalogue(
             url = StacURL(f"http://127.0.0.1:{server.server_port}/")
             url.files, url.log = files_base, log
             yield url
+
+
+# --------------------------------------------------------------------------- recorded replies
+EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
+PAGE_KEYS = ("next", "page", "token")  # what a POST next-link body uses to name its page
+
+
+def rewrite_hrefs(obj: Any, api_origin: str, api_base: str, files_base: str | None) -> Any:
+    """A copy of a recorded STAC document with its links pointed at loopback servers:
+    ``api_origin``... -> ``api_base``...; any other ``https://HOST/PATH`` ->
+    ``files_base + HOST/PATH`` (when a file server is given); ``s3://`` hrefs unchanged."""
+    if isinstance(obj, dict):
+        return {k: (_rewrite(v, api_origin, api_base, files_base) if k == "href"
+                    else rewrite_hrefs(v, api_origin, api_base, files_base))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rewrite_hrefs(v, api_origin, api_base, files_base) for v in obj]
+    return obj
+
+
+def _rewrite(href: Any, api_origin: str, api_base: str, files_base: str | None) -> Any:
+    if not isinstance(href, str):
+        return href
+    if href.startswith(api_origin):
+        return api_base + href[len(api_origin):].lstrip("/")
+    if files_base and href.startswith("https://"):
+        return files_base + href[len("https://"):]
+    return href
+
+
+def recorded_asset_path(href: str) -> str:
+    """Where :func:`serve_recorded_stac`'s file server expects the file of a recorded
+    ``https://HOST/PATH`` href: ``HOST/PATH`` below its root."""
+    return href[len("https://"):] if href.startswith("https://") else href
+
+
+def write_recorded_assets(pages: Sequence[dict], root: str | os.PathLike[str], size: int = 96,
+                          seed: int = 0) -> list[Path]:
+    """Synthetic COGs for the band assets (http(s) hrefs, no ``*-jp2`` twin) of every
+    Sentinel-2 L2A feature of recorded search ``pages``, written under ``root`` where
+    :func:`serve_recorded_stac` serves those hrefs. Each item's COGs sit at the item's real
+    tile origin (``proj:transform`` of its assets) and CRS (``proj:epsg``), ``size`` 10 m
+    pixels a side: real item JSON, synthetic pixels. Returns the files written."""
+    import shutil
+    import tempfile
+
+    from pipeline.synthetic.sentinel2_products import write_band_files
+
+    root = Path(root)
+    known = {**{k: b for k, (b, _) in ASSET_BANDS.items()}, **{b: b for b in ASSET_KEYS}}
+    written: list[Path] = []
+    for n, item in enumerate(f for page in pages for f in page.get("features", [])):
+        props, assets = item.get("properties") or {}, item.get("assets") or {}
+        wanted = {key: known[key] for key, a in assets.items()
+                  if key in known and str(a.get("href", "")).startswith("https://")}
+        epsg = props.get("proj:epsg")
+        if not wanted or not epsg or "l2a" not in str(item.get("collection", "")):
+            continue
+        x0, y0 = next((a["proj:transform"][2], a["proj:transform"][5]) for a in assets.values()
+                      if a.get("proj:transform"))
+        bands = sorted({b for b in wanted.values() if b != "SCL"})
+        with tempfile.TemporaryDirectory() as tmp:
+            files = write_band_files(
+                tmp, stem="x", bands=bands, size_10m=size, seed=seed + n, cog=True,
+                with_offset=not props.get("earthsearch:boa_offset_applied", False)
+                and not props.get("sentinel:boa_offset_applied", False),
+                origin=(float(x0), float(y0)), crs=f"EPSG:{epsg}",
+                include_scl="SCL" in wanted.values())
+            for key, band in wanted.items():
+                dest = root / recorded_asset_path(assets[key]["href"])
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(files[band], dest)
+                written.append(dest)
+    return written
+
+
+def _page_index(pages: Sequence[dict], body: dict[str, Any]) -> int | None:
+    """Which recorded page a POST search body asks for: the first page without a page key,
+    else the page after the one whose next link carries the same key value."""
+    given = {k: body[k] for k in PAGE_KEYS if k in body}
+    if not given:
+        return 0
+    for i, page in enumerate(pages[:-1]):
+        link = next((ln for ln in page.get("links", []) if ln.get("rel") == "next"), None)
+        link_body = (link or {}).get("body") or {}
+        if given and all(link_body.get(k) == v for k, v in given.items()):
+            return i + 1
+    return None
+
+
+class _RecordedStacHandler(QuietHandler):
+    server_version = "RecordedSTAC/1.0"
+    landing: dict
+    pages: list[dict]
+    api_origin: str
+    files_base: str | None
+    log: list[tuple[str, str, Any]]
+
+    def _send_json(self, obj: Any, status: int = 200) -> None:
+        doc = rewrite_hrefs(obj, self.api_origin, self.base, self.files_base)
+        self.send_body(status, json.dumps(doc).encode("utf-8"), "application/geo+json")
+
+    def do_GET(self) -> None:
+        self.log.append(("GET", self.path, None))
+        path = urlsplit(self.path).path.rstrip("/")
+        if path == "":
+            self._send_json(self.landing)
+        elif path == "/search":
+            self._send_json(self.pages[0])
+        else:
+            self._send_json({"code": "NotFound", "description": path}, 404)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            body = None
+        self.log.append(("POST", self.path, body))
+        if urlsplit(self.path).path.rstrip("/") != "/search" or not isinstance(body, dict):
+            self._send_json({"code": "BadRequest", "description": "not a search"}, 400)
+            return
+        index = _page_index(self.pages, body)
+        if index is None:  # a page past the recording: the end of the results
+            self._send_json({"type": "FeatureCollection", "features": [], "links": []})
+        else:
+            self._send_json(self.pages[index])
+
+
+@contextlib.contextmanager
+def serve_recorded_stac(
+    landing: dict, pages: Sequence[dict], files_root: str | os.PathLike[str] | None = None,
+    *, api_origin: str = EARTH_SEARCH_V1, faults: Any = None,
+) -> Iterator[StacURL]:
+    """Replay recorded STAC API answers on 127.0.0.1.
+
+    ``GET /`` answers ``landing``; ``POST /search`` the page its body names
+    (:data:`PAGE_KEYS`, the way the recorded next links name them; a page past the recording
+    is an empty last page). Every document's links point at this server (API) and at a file
+    server over ``files_root`` (asset hrefs, see :func:`write_recorded_assets`). The yielded
+    URL's ``.log`` lists (method, path, JSON body) of every API request; ``.files`` is the
+    file server's URL (with its own log), or None without ``files_root``."""
+    from pipeline.synthetic.servers.files import serve_directory
+
+    with contextlib.ExitStack() as stack:
+        files_base = (stack.enter_context(serve_directory(Path(files_root), faults))
+                      if files_root is not None else None)
+        log: list[tuple[str, str, Any]] = []
+        handler = type("Handler", (_RecordedStacHandler,), {
+            "landing": landing, "pages": list(pages), "api_origin": api_origin.rstrip("/"),
+            "files_base": str(files_base) if files_base else None, "log": log})
+        server = stack.enter_context(serve_handler(handler, name="recorded-stac-api"))
+        url = StacURL(f"http://127.0.0.1:{server.server_port}/")
+        url.files, url.log = files_base, log
+        yield url
