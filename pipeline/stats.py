@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 
 from parsers.atomic import atomic_open
-from parsers.errors import ParamsError, UserError, cli_entry
+from parsers.errors import UserError, cli_entry
 from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
+from pipeline.schedulers import check_scheduler, connect, local_compute_kwargs
 
 UINT16_BINS = 1 << 16
-CONNECT_TIMEOUT = "10s"  # how long to try reaching a tcp:// scheduler
 
 
 @dataclass(frozen=True)
@@ -89,15 +89,6 @@ class StatsParams:
         return HistogramSpec(
             "float", self.hist_mantissa_bits, self.hist_min_exponent, self.hist_max_exponent
         )
-
-
-def check_scheduler(value: str) -> str:
-    """Return ``value`` if it names a scheduler we can use, else raise ParamsError."""
-    if value in ("threads", "processes", "synchronous") or value.startswith("tcp://"):
-        return value
-    raise ParamsError(
-        f"scheduler {value!r}: expected threads, processes, synchronous or tcp://host:port"
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -496,9 +487,7 @@ def compute_stats(
                 if isinstance(key, str) and key.startswith("stats-partial-"):
                     bar.update(1)
 
-        kwargs: dict[str, Any] = {"scheduler": scheduler}
-        if workers and scheduler != "synchronous":
-            kwargs["num_workers"] = workers
+        kwargs = local_compute_kwargs(scheduler, workers)
         with _Progress():
             (result,) = _dask_compute(total, **kwargs)
         return result
@@ -513,17 +502,9 @@ def _dask_compute(total: Any, **kwargs: Any) -> tuple[Any, ...]:
 
 
 def _compute_distributed(address: str, parts: list[Any], total: Any, bar: Any) -> BandStats:
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise UserError(
-            "--scheduler tcp://... needs dask.distributed: pip install 'sscnet-pipeline[cluster]'"
-        ) from None
-    try:
-        client = Client(address, timeout=CONNECT_TIMEOUT)
-    except OSError as exc:
-        raise UserError(f"cannot reach the dask scheduler at {address}: {exc}") from None
-    with client:
+    from distributed import as_completed
+
+    with connect(address) as client:
         # Partials and the merge tree are one graph: the merge order (and so the result,
         # bit for bit) is the same as with the local schedulers.
         futures = client.compute([total, *parts])

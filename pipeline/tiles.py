@@ -2,11 +2,22 @@
 
 Tiles are cut on a regular grid (``line0 = 0, stride, 2*stride, ...``, same for samples;
 incomplete tiles at the right/bottom edge are not made), products in product-id order, so
-the same inputs and parameters give the same tiles in the same order. Products are read a
-tile row at a time (``size`` lines), so memory stays at a few tile rows whatever the
-dataset size. A tile whose fraction of invalid values (NaN special values of VIRTIS,
-``valid == False`` pixels of Sentinel-2, counted over bands x lines x samples) exceeds
-``max_invalid_fraction`` is dropped; the counts are printed and stored in the attributes.
+the same inputs and parameters give the same tiles in the same order. A tile whose fraction
+of invalid values (NaN special values of VIRTIS, ``valid == False`` pixels of Sentinel-2,
+counted over bands x lines x samples) exceeds ``max_invalid_fraction`` is dropped; the counts
+are printed and stored in the attributes.
+
+Parallel and byte-identical: the work is split into tasks of whole tile rows of one product
+(about ``task_mb`` MB of tiles each). A task, run by a dask worker (``scheduler``: threads,
+processes, or ``tcp://host:port``, see :mod:`pipeline.schedulers`), reads its tile rows a
+row at a time, cuts and filters the tiles and compresses them through the HDF5 filter
+pipeline of the final file (an in-memory HDF5 file with the same dataset settings). The
+writer appends the stored chunk bytes of the tasks in task order with direct chunk writes.
+Which worker compressed a chunk never shows in the file, so the file is byte-identical
+whatever the scheduler and the worker count. At most twice the worker count tasks are in
+flight, so memory stays bounded whatever the dataset size. (h5py holds one lock for all
+HDF5 calls, so the ``threads`` scheduler compresses one chunk at a time; ``processes`` and
+cluster workers compress in parallel.)
 
 HDF5 layout (``OUT/train.h5``, ``OUT/test.h5``; written to a temporary name, renamed at the end):
 
@@ -31,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,8 +58,12 @@ from parsers.atomic import atomic_path
 from parsers.errors import UserError, cli_entry
 from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
 from pipeline.products import Product, ProductRef, open_product, reader_options
+from pipeline.schedulers import check_scheduler, ordered_map
 
 Compression = Literal["blosc2-zstd", "blosc2-lz4", "gzip", "lzf", "none"]
+Shuffle = Literal["bit", "byte", "none"]
+# Settings that choose how the work runs, not what is written: left out of the file's attrs.
+RUN_KEYS = ("scheduler", "workers", "task_mb")
 
 
 @dataclass(frozen=True)
@@ -55,22 +72,33 @@ class TileParams:
 
     size: tile height = width in pixels. stride: step between tiles (None = size, no overlap).
     max_invalid_fraction: drop tiles with more invalid values than this (0..1).
-    compression: ``blosc2-zstd`` (default: Blosc2 zstd + bitshuffle, via hdf5plugin),
-        ``blosc2-lz4``, ``gzip`` (portable, any HDF5 reader), ``lzf`` (h5py only), ``none``.
+    compression: ``blosc2-zstd`` (default: Blosc2 zstd, via hdf5plugin), ``blosc2-lz4``,
+        ``gzip`` (portable, any HDF5 reader), ``lzf`` (h5py only), ``none``; the table of
+        docs/benchmarks.md chose the defaults.
     compression_level: clevel for blosc2/gzip.
+    shuffle: Blosc2 pre-filter ``bit`` (bitshuffle), ``byte`` or ``none``.
+    scheduler, workers: where the tasks run (:mod:`pipeline.schedulers`); task_mb: about
+        how many MB of tiles one task makes. These three never change the file's bytes.
     """
 
     size: int = 64
     stride: int | None = None
     max_invalid_fraction: float = 0.05
     compression: Compression = "blosc2-zstd"
-    compression_level: int = 5
+    compression_level: int = 1
+    shuffle: Shuffle = "bit"
+    scheduler: str = "threads"
+    workers: int = 0
+    task_mb: float = 128.0
 
     def __post_init__(self) -> None:
         if self.size < 1 or (self.stride is not None and self.stride < 1):
             raise ValueError("size and stride must be >= 1")
         if not 0.0 <= self.max_invalid_fraction <= 1.0:
             raise ValueError("max_invalid_fraction must lie in [0, 1]")
+        if self.workers < 0 or self.task_mb <= 0:
+            raise ValueError("workers must be >= 0 and task_mb > 0")
+        check_scheduler(self.scheduler)
 
     @property
     def step(self) -> int:
@@ -96,14 +124,15 @@ PARAMS_CLASS: dict[str, type[TileParams]] = {
 }
 
 
-def compression_kwargs(name: str, level: int = 5) -> dict[str, Any]:
+def compression_kwargs(name: str, level: int = 1, shuffle: str = "bit") -> dict[str, Any]:
     """h5py ``create_dataset`` keyword arguments for a compression name."""
     if name.startswith("blosc2"):
         import hdf5plugin
 
         cname = name.split("-", 1)[1]
-        shuffle = hdf5plugin.Blosc2.BITSHUFFLE if cname == "zstd" else hdf5plugin.Blosc2.SHUFFLE
-        return dict(hdf5plugin.Blosc2(cname=cname, clevel=level, filters=shuffle))
+        filters = {"bit": hdf5plugin.Blosc2.BITSHUFFLE, "byte": hdf5plugin.Blosc2.SHUFFLE,
+                   "none": hdf5plugin.Blosc2.NOFILTER}[shuffle]
+        return dict(hdf5plugin.Blosc2(cname=cname, clevel=level, filters=filters))
     if name == "gzip":
         return {"compression": "gzip", "compression_opts": level, "shuffle": True}
     if name == "lzf":
@@ -113,15 +142,84 @@ def compression_kwargs(name: str, level: int = 5) -> dict[str, Any]:
     raise UserError(f"compression {name!r}: expected blosc2-zstd, blosc2-lz4, gzip, lzf or none")
 
 
-@dataclass
-class Tile:
-    """One tile cut from a product (data (B, H, W); valid (H, W) or None)."""
+@dataclass(frozen=True)
+class TileLayout:
+    """What every chunk of a tile file looks like: shape, dtype and filter pipeline."""
 
-    line0: int
-    sample0: int
-    data: np.ndarray
-    valid: np.ndarray | None
-    invalid_fraction: float
+    bands: int
+    size: int
+    dtype: str
+    with_mask: bool
+    compression: str = "blosc2-zstd"
+    level: int = 1
+    shuffle: str = "bit"
+
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        """h5py create_dataset arguments of the chunked datasets (``tiles``, ``valid``)."""
+        b, s = self.bands, self.size
+        out = {"tiles": dict(shape=(0, b, s, s), maxshape=(None, b, s, s), chunks=(1, b, s, s),
+                             dtype=np.dtype(self.dtype), fletcher32=True,
+                             **compression_kwargs(self.compression, self.level, self.shuffle))}
+        if self.with_mask:
+            out["valid"] = dict(shape=(0, s, s), maxshape=(None, s, s), chunks=(1, s, s),
+                                dtype=bool, compression="gzip", compression_opts=1,
+                                fletcher32=True)
+        return out
+
+    def encode(self, tiles: np.ndarray, masks: np.ndarray | None) -> dict[str, list[bytes]]:
+        """Stored bytes of every chunk, through this layout's HDF5 filter pipeline.
+
+        The arrays go into an in-memory HDF5 file with the final file's dataset settings;
+        the chunks are read back as stored (compressed, with their checksum).
+        """
+        import h5py
+
+        arrays = {"tiles": tiles, "valid": masks}
+        out: dict[str, list[bytes]] = {}
+        name = f"tiles-{os.getpid()}-{threading.get_ident()}-{next(_MEMFILES)}.h5"
+        with h5py.File(name, "w", driver="core", backing_store=False) as f:
+            for key, kwargs in self.datasets().items():
+                data = arrays[key]
+                ds = f.create_dataset(key, **kwargs)
+                ds.resize(len(data), axis=0)
+                if len(data):
+                    ds[...] = data
+                chunks = []
+                for i in range(len(data)):
+                    mask, raw = ds.id.read_direct_chunk((i,) + (0,) * (data.ndim - 1))
+                    if mask != 0:  # a filter was skipped: the bytes would not be portable
+                        raise RuntimeError(f"HDF5 skipped a filter of {key} (mask {mask})")
+                    chunks.append(bytes(raw))
+                out[key] = chunks
+        return out
+
+
+_MEMFILES = itertools.count()
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """One unit of tiling work: tile rows [row0, row1) of one product (row r at line r*step)."""
+
+    product_id: str
+    path: str
+    row0: int
+    row1: int
+
+
+@dataclass
+class TileBlock:
+    """The tiles a task kept, compressed: stored chunk bytes plus where each tile comes from."""
+
+    product_id: str
+    where: np.ndarray  # (k, 2) int32: line0 (file line number), sample0
+    invalid: np.ndarray  # (k,) float32
+    chunks: dict[str, list[bytes]]
+    dropped: int
+
+    @property
+    def kept(self) -> int:
+        return len(self.where)
 
 
 def invalid_fraction(data: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -147,14 +245,44 @@ def cut_rows(
     return tiles, masks, offsets
 
 
-def iter_tile_rows(
-    product: Product, size: int, step: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, list[int]]]:
-    """Yield (line0 in product lines, tiles (n, B, H, W), masks, sample offsets) row by row."""
-    for line0 in range(0, product.lines - size + 1, step):
-        data, valid = product.read_block(line0, line0 + size)
+def tile_rows(product: Product, size: int, step: int) -> int:
+    """Number of tile rows of a product (row r covers lines [r*step, r*step + size))."""
+    return max(0, (product.lines - size) // step + 1)
+
+
+def make_tile_block(
+    task: TileTask, source: str, params: TileParams, layout: TileLayout,
+    options: dict[str, Any] | None = None, opener: Callable[[ProductRef], Product] | None = None,
+) -> TileBlock:
+    """Read, cut, filter and compress the tiles of one task (runs on a dask worker)."""
+    ref = ProductRef(task.product_id, Path(task.path))
+    product = opener(ref) if opener is not None else open_product(source, ref.path, options)
+    size, step = params.size, params.step
+    buf = product.block_buffer(size)
+    kept_tiles, kept_masks, where, invalid, dropped = [], [], [], [], 0
+    for row in range(task.row0, task.row1):
+        line0 = row * step
+        data, valid = product.read_block(line0, line0 + size, buf)
         tiles, masks, offsets = cut_rows(data, valid, size, step)
-        yield line0, tiles, masks, offsets
+        frac = invalid_fraction(tiles, masks)
+        keep = frac <= params.max_invalid_fraction
+        dropped += int((~keep).sum())
+        line_no = int(product.line_numbers[line0])
+        kept_tiles.append(tiles[keep].astype(layout.dtype, copy=False))
+        if masks is not None:
+            kept_masks.append(masks[keep])
+        where += [(line_no, s) for s, k in zip(offsets, keep, strict=True) if k]
+        invalid.append(frac[keep])
+    b, s = layout.bands, layout.size
+    tiles = np.concatenate(kept_tiles) if kept_tiles else np.empty((0, b, s, s), layout.dtype)
+    masks = None
+    if layout.with_mask:
+        masks = np.concatenate(kept_masks) if kept_masks else np.ones((len(tiles), s, s), bool)
+    return TileBlock(
+        task.product_id, np.array(where, np.int32).reshape(-1, 2),
+        np.concatenate(invalid).astype(np.float32) if invalid else np.empty(0, np.float32),
+        layout.encode(tiles, masks), dropped,
+    )
 
 
 def tile_array(
@@ -189,14 +317,16 @@ class TileWriter:
 
     def __init__(
         self, path: str | os.PathLike[str], *, bands: int, size: int, dtype: np.dtype,
-        id_length: int, with_mask: bool, compression: str = "blosc2-zstd", level: int = 5,
+        id_length: int, with_mask: bool, compression: str = "blosc2-zstd", level: int = 1,
+        shuffle: str = "bit",
     ) -> None:
         self.path = Path(path)
+        self.layout = TileLayout(bands, size, np.dtype(dtype).str, with_mask, compression,
+                                 level, shuffle)
         self.bands, self.size, self.dtype = bands, size, np.dtype(dtype)
         self.id_dtype = np.dtype([("product_id", f"S{max(1, id_length)}"),
                                   ("line0", "<i4"), ("sample0", "<i4")])
         self.with_mask = with_mask
-        self.compression = compression_kwargs(compression, level)
         self.n = 0
         self._ctx = None
         self.file = None
@@ -209,27 +339,34 @@ class TileWriter:
         try:
             # libver v110+: attributes larger than 64 KiB (432-band statistics as JSON).
             self.file = h5py.File(tmp, "w", libver=("v110", "latest"))
-            b, s = self.bands, self.size
-            self.tiles = self.file.create_dataset(
-                "tiles", shape=(0, b, s, s), maxshape=(None, b, s, s), chunks=(1, b, s, s),
-                dtype=self.dtype, fletcher32=True, **self.compression,
-            )
+            specs = self.layout.datasets()
+            self.tiles = self.file.create_dataset("tiles", **specs["tiles"])
             self.index = self.file.create_dataset(
                 "index", shape=(0,), maxshape=(None,), chunks=(4096,), dtype=self.id_dtype,
             )
             self.invalid = self.file.create_dataset(
                 "invalid_fraction", shape=(0,), maxshape=(None,), chunks=(4096,), dtype="f4",
             )
-            self.valid = None
-            if self.with_mask:
-                self.valid = self.file.create_dataset(
-                    "valid", shape=(0, s, s), maxshape=(None, s, s), chunks=(1, s, s),
-                    dtype=bool, compression="gzip", compression_opts=1, fletcher32=True,
-                )
+            self.valid = self.file.create_dataset("valid", **specs["valid"]) \
+                if self.with_mask else None
         except BaseException as exc:
             self._abort(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _grow(self, product_id: str, k: int, where: np.ndarray, invalid: np.ndarray) -> int:
+        a, b = self.n, self.n + k
+        for ds in (self.tiles, self.index, self.invalid, self.valid):
+            if ds is not None:
+                ds.resize(b, axis=0)
+        rows = np.zeros(k, self.id_dtype)
+        rows["product_id"] = product_id.encode()
+        rows["line0"] = where[:, 0]
+        rows["sample0"] = where[:, 1]
+        self.index[a:b] = rows
+        self.invalid[a:b] = invalid
+        self.n = b
+        return a
 
     def append(
         self, product_id: str, tiles: np.ndarray, where: Sequence[tuple[int, int]],
@@ -244,20 +381,22 @@ class TileWriter:
                 f"{product_id}: tiles of shape {tiles.shape[1:]}, file holds "
                 f"{(self.bands, self.size, self.size)} (products with different band counts?)"
             )
-        a, b = self.n, self.n + k
-        for ds in (self.tiles, self.index, self.invalid, self.valid):
-            if ds is not None:
-                ds.resize(b, axis=0)
-        self.tiles[a:b] = tiles.astype(self.dtype, copy=False)
-        rows = np.zeros(k, self.id_dtype)
-        rows["product_id"] = product_id.encode()
-        rows["line0"] = [w[0] for w in where]
-        rows["sample0"] = [w[1] for w in where]
-        self.index[a:b] = rows
-        self.invalid[a:b] = invalid
+        a = self._grow(product_id, k, np.asarray(where, np.int32).reshape(-1, 2), invalid)
+        self.tiles[a:a + k] = tiles.astype(self.dtype, copy=False)
         if self.valid is not None:
-            self.valid[a:b] = masks if masks is not None else True
-        self.n = b
+            self.valid[a:a + k] = masks if masks is not None else True
+
+    def append_block(self, block: TileBlock) -> None:
+        """Append a task's tiles as the stored chunk bytes it made (no compression here)."""
+        if block.kept == 0:
+            return
+        a = self._grow(block.product_id, block.kept, block.where, block.invalid)
+        for name, ds in (("tiles", self.tiles), ("valid", self.valid)):
+            if ds is None:
+                continue
+            zeros = (0,) * (ds.ndim - 1)
+            for i, chunk in enumerate(block.chunks[name]):
+                ds.id.write_direct_chunk((a + i, *zeros), chunk)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
@@ -274,6 +413,25 @@ class TileWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
+def make_tile_tasks(
+    refs: Sequence[ProductRef], params: TileParams, bands: int,
+    opener: Callable[[ProductRef], Product],
+) -> list[TileTask]:
+    """Tasks in file order: product-id order, then tile rows; about task_mb MB of tiles each."""
+    tasks = []
+    for ref in refs:
+        product = opener(ref)
+        if product.bands != bands:
+            raise UserError(f"{ref.path}: {product.bands} bands, the statistics have {bands}")
+        rows = tile_rows(product, params.size, params.step)
+        row_mb = product.bands * params.size * product.samples \
+            * np.dtype(product.dtype).itemsize / 1e6
+        per = max(1, int(params.task_mb // max(row_mb, 1e-9)))
+        for r in range(0, max(rows, 1), per):
+            tasks.append(TileTask(ref.product_id, str(ref.path), r, min(rows, r + per)))
+    return tasks
+
+
 def write_split_tiles(
     out: str | os.PathLike[str],
     source: str,
@@ -286,74 +444,65 @@ def write_split_tiles(
     extra_attrs: dict[str, Any] | None = None,
     opener: Callable[[ProductRef], Product] | None = None,
 ) -> dict[str, Any]:
-    """Tile every product of ``refs`` into ``out`` (HDF5); return the counts.
+    """Tile every product of ``refs`` into ``out`` (HDF5) on ``params.scheduler``; counts.
 
-    ``opener`` opens a product (default: the source's reader via :func:`open_product`).
+    ``opener`` opens a product (default: the source's reader via :func:`open_product`); with
+    the processes scheduler or a cluster it must be picklable.
     """
-    if opener is None:
-        def opener(ref: ProductRef) -> Product:
-            return open_product(source, ref.path, options)
-
     from tqdm import tqdm
 
     refs = sorted(refs, key=lambda r: r.product_id)
-    size, step = params.size, params.step
     n_bands = int(stats["bands"])
     dtype = np.dtype(stats.get("dtype") or ("float32" if source == "virtis" else "uint16"))
     id_len = max((len(r.product_id.encode()) for r in refs), default=1)
-    per_product: dict[str, list[int]] = {}
-    kept = dropped = 0
-    bar = tqdm(refs, desc=f"tiles {source}/{split}", unit="product", disable=not progress)
+    tasks = make_tile_tasks(refs, params, n_bands, opener or (
+        lambda ref: open_product(source, ref.path, options)))
+    per_product: dict[str, list[int]] = {r.product_id: [0, 0] for r in refs}
+    bar = tqdm(total=len(tasks), desc=f"tiles {source}/{split}", unit="task",
+               disable=not progress)
     with TileWriter(
-        out, bands=n_bands, size=size, dtype=dtype, id_length=id_len,
+        out, bands=n_bands, size=params.size, dtype=dtype, id_length=id_len,
         with_mask=source == "sentinel2", compression=params.compression,
-        level=params.compression_level,
+        level=params.compression_level, shuffle=params.shuffle,
     ) as writer:
-        for ref in bar:
-            product = opener(ref)
-            if product.bands != n_bands:
-                raise UserError(
-                    f"{ref.path}: {product.bands} bands, the statistics have {n_bands}"
-                )
-            k_kept = k_drop = 0
-            for line0, tiles, masks, offsets in iter_tile_rows(product, size, step):
-                frac = invalid_fraction(tiles, masks)
-                keep = frac <= params.max_invalid_fraction
-                k_kept += int(keep.sum())
-                k_drop += int((~keep).sum())
-                line_no = int(product.line_numbers[line0])
-                writer.append(
-                    ref.product_id, tiles[keep],
-                    [(line_no, s) for s, k in zip(offsets, keep, strict=True) if k],
-                    frac[keep], None if masks is None else masks[keep],
-                )
-            per_product[ref.product_id] = [k_kept, k_drop]
-            kept += k_kept
-            dropped += k_drop
-            bar.set_postfix(kept=kept, dropped=dropped)
-        f = writer.file
-        if stats.get("wavelength"):
-            wl = f.create_dataset("wavelength", data=np.asarray(stats["wavelength"], np.float32))
-            wl.attrs["unit"] = stats.get("wavelength_unit") or ""
-        attrs = {
-            "source": source, "split": split,
-            "stats": json.dumps(stats, separators=(",", ":")),
-            "params": json.dumps(to_dict(params)),
-            "software_version": software_version(),
-            "tile_size": size, "stride": step,
-            "tiles_kept": kept, "tiles_dropped_invalid": dropped,
-            "tiles_per_product": json.dumps(per_product),
-            "products": json.dumps([r.product_id for r in refs]),
-            "band_names": json.dumps(stats.get("band_names")),
-            "nan_policy": "tiles hold raw values; NaN (VIRTIS) and valid==False (Sentinel-2) "
-                          "mark invalid values; training.data.TileDataset sets them to 0 "
-                          "after normalisation",
-        }
-        attrs.update(extra_attrs or {})
-        for key, value in attrs.items():
-            f.attrs[key] = value
+        calls = [(t, source, params, writer.layout, options, opener) for t in tasks]
+        for block in ordered_map(make_tile_block, calls, params.scheduler, params.workers):
+            writer.append_block(block)
+            per_product[block.product_id][0] += block.kept
+            per_product[block.product_id][1] += block.dropped
+            bar.update(1)
+        kept = sum(k for k, _ in per_product.values())
+        dropped = sum(d for _, d in per_product.values())
+        _write_attrs(writer.file, source, split, refs, params, stats, kept, dropped,
+                     per_product, extra_attrs)
     bar.close()
     return {"kept": kept, "dropped_invalid": dropped, "products": len(refs)}
+
+
+def _write_attrs(f: Any, source: str, split: str, refs: Sequence[ProductRef],
+                 params: TileParams, stats: dict[str, Any], kept: int, dropped: int,
+                 per_product: dict[str, list[int]], extra: dict[str, Any] | None) -> None:
+    if stats.get("wavelength"):
+        wl = f.create_dataset("wavelength", data=np.asarray(stats["wavelength"], np.float32))
+        wl.attrs["unit"] = stats.get("wavelength_unit") or ""
+    recorded = {k: v for k, v in to_dict(params).items() if k not in RUN_KEYS}
+    attrs = {
+        "source": source, "split": split,
+        "stats": json.dumps(stats, separators=(",", ":")),
+        "params": json.dumps(recorded),
+        "software_version": software_version(),
+        "tile_size": params.size, "stride": params.step,
+        "tiles_kept": kept, "tiles_dropped_invalid": dropped,
+        "tiles_per_product": json.dumps(per_product),
+        "products": json.dumps([r.product_id for r in refs]),
+        "band_names": json.dumps(stats.get("band_names")),
+        "nan_policy": "tiles hold raw values; NaN (VIRTIS) and valid==False (Sentinel-2) "
+                      "mark invalid values; training.data.TileDataset sets them to 0 "
+                      "after normalisation",
+    }
+    attrs.update(extra or {})
+    for key, value in attrs.items():
+        f.attrs[key] = value
 
 
 @cli_entry("python -m pipeline.tiles")
@@ -369,9 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", required=True, help="split file from pipeline.split")
     parser.add_argument("--stats", required=True, help="stats.json from pipeline.stats")
     parser.add_argument("--out", required=True, help="folder for train.h5 and test.h5")
+    parser.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
+    parser.add_argument("--workers", type=int, help="local worker count (0 = CPU count)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    params = load_section(PARAMS_CLASS[args.source], f"tiles.{args.source}", args.params)
+    params = load_section(PARAMS_CLASS[args.source], f"tiles.{args.source}", args.params,
+                          {"scheduler": args.scheduler, "workers": args.workers})
     options = reader_options(args.source, args.params)
     split = read_split(args.split, args.source)
     stats = read_stats(args.stats)
@@ -387,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{out / (name + '.h5')}: {counts['kept']} tiles from {counts['products']} products, "
             f"{counts['dropped_invalid']} dropped (invalid > {params.max_invalid_fraction}), "
-            f"{time.perf_counter() - t0:.1f} s"
+            f"{time.perf_counter() - t0:.1f} s ({params.scheduler})"
         )
     return 0
 

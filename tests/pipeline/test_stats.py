@@ -233,7 +233,7 @@ def test_distributed_two_workers_equal_serial(virtis_refs):
 
 def test_unreachable_scheduler_is_a_user_error(virtis_refs, monkeypatch):
     pytest.importorskip("distributed")
-    monkeypatch.setattr("pipeline.stats.CONNECT_TIMEOUT", "0.5s")
+    monkeypatch.setattr("pipeline.schedulers.CONNECT_TIMEOUT", "0.5s")
     from parsers.errors import UserError
     from pipeline.stats import compute_stats, make_tasks
 

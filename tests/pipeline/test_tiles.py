@@ -78,10 +78,10 @@ def test_exception_mid_write_leaves_no_file(tmp_path):
     cube = np.ones((2, 40, 40), np.float32)
 
     class Boom(ArrayProduct):
-        def read_block(self, start, stop):
+        def read_block(self, start, stop, out=None):
             if start >= 16:
                 raise RuntimeError("disk on fire")
-            return super().read_block(start, stop)
+            return super().read_block(start, stop, out)
 
     out = tmp_path / "t" / "train.h5"
     with pytest.raises(RuntimeError, match="disk on fire"):
