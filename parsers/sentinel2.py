@@ -65,7 +65,7 @@ NATIVE_RESOLUTION: dict[str, int] = {
     "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
     "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20,
 }
-# The paper's 9 bands are not documented; B02, B03, B04 first is certain (see the README).
+# The paper's 9 bands are not documented; B02, B03, B04 first is certain (docs/sentinel2.md).
 DEFAULT_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
 # The first processing baseline whose products carry the -1000 radiometric offset.
 OFFSET_BASELINE = "04.00"

@@ -1,6 +1,6 @@
 """``cdse`` backend: Copernicus Data Space Ecosystem OData search + token download of SAFE zips.
 
-Search (no auth): ``GET {catalogue}/Products`` with the ``$filter`` of docs/sentinel2.md §3.1
+Search (no auth): ``GET {catalogue}/Products`` with the ``$filter`` of docs/downloads.md (cdse)
 (collection, product type, cloud cover, area, sensing time), ``$orderby=ContentDate/Start``,
 ``$top`` and ``$expand=Attributes``, following ``@odata.nextLink``.
 

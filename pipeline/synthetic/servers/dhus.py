@@ -1,4 +1,4 @@
-"""An ESA DHuS hub imitation that sentinelsat 1.2.1 really talks to (docs/sentinel2.md §5).
+"""An ESA DHuS hub imitation that sentinelsat 1.2.1 really talks to (docs/downloads.md).
 
 Below the base URL ``http://127.0.0.1:PORT/`` (the ``api_url``), every request needs HTTP Basic
 auth (else 401 + ``WWW-Authenticate``):
