@@ -133,7 +133,7 @@ def _iso_date(text: str):
 def load_bands(params_path: str | Path) -> tuple[str, ...]:
     """The band list of params section ``sentinel2.bands`` (default: the 9 default bands).
 
-    Validated: 9 distinct known band names starting with B02, B03, B04 (docs/sentinel2.md section 2).
+    Validated: 9 distinct known band names starting with B02, B03, B04 (docs/sentinel2.md, s. 2).
     """
     path = Path(params_path)
     if not path.is_file():
