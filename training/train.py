@@ -11,6 +11,14 @@ validation loss) and ``OUT/dvclive/`` (per-epoch train/val loss and PSNR).
 Recipe (paper defaults): BCE on [0, 1] tiles, Adam lr 1e-4, cosine annealing to 0 over all
 steps of the run, global batch 128 (split evenly over the processes), 400 epochs.
 
+``objective: rate_distortion`` (params ``train.<source>.objective`` / ``lambda``) adds an
+entropy model to the latent (:mod:`training.codec`) and minimises ``lambda * D + R``: D is
+the ``loss`` setting (BCE or MSE on the normalised scale, over valid values), R the
+estimated rate in bits per input value (bpppc). Its checkpoints carry the integer coding
+tables that ``training.compress`` needs. ``--init CKPT`` starts from a checkpoint's weights
+(e.g. a paper-recipe model, fine-tuned into a rate-distortion one); the optimiser and the
+schedule start afresh.
+
 Validation: a held-out fraction (``val_fraction``) of the *products* of ``train.h5`` (all
 tiles of a product go to the same side, chosen by the seed), so ``test.h5`` stays untouched
 for the final evaluation. A file with a single product falls back to a split over tiles
@@ -46,13 +54,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
 from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
-from training.models import build_model, clean_state_dict, save_checkpoint
+from training.codec import LatentCodec, RateDistortionNet, finalise_state, has_entropy_model
+from training.models import build_model, clean_state_dict, load_checkpoint, save_checkpoint
 
 #: Normalisation used by the paper for each source ("auto").
 PAPER_NORMALISATION = {"virtis": "paper_minmax", "sentinel2": "global_max"}
 #: Settings that must not change between a checkpoint and a ``--resume``.
 RESUME_KEYS = ("arch", "latent", "activation", "widths", "normalisation", "loss", "lr",
-               "epochs", "batch_size", "val_fraction", "seed")
+               "epochs", "batch_size", "val_fraction", "seed", "objective", "lambda")
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,8 @@ class TrainParams:
     ``cache: device`` reads every normalised tile once into one float32 tensor on the
     training device (GPU memory, or RAM on CPU) and draws batches from it in the sampler's
     order, so the HDF5 reader stops being the bottleneck; each process holds the whole
-    training set.
+    training set. ``objective``: ``reconstruction`` (the paper) or ``rate_distortion``
+    (``lambda`` weighs the distortion against the rate; params key ``lambda``).
     """
 
     arch: Literal["linear", "conv"] = "linear"
@@ -93,6 +103,9 @@ class TrainParams:
         default="none", metadata={"help": "device: hold all normalised tiles on the device"})
     bands: int | None = None
     tile: int | None = None
+    objective: Literal["reconstruction", "rate_distortion"] = "reconstruction"
+    lmbda: float = field(default=1000.0, metadata={
+        "key": "lambda", "help": "rate_distortion: loss = lambda * distortion + bpppc"})
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -101,6 +114,8 @@ class TrainParams:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.lmbda > 0:
+            raise ValueError(f"lambda must be > 0, got {self.lmbda}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.checkpoint_every < 1:
@@ -126,6 +141,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="stop (with a checkpoint) after epoch N; resume later with --resume")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--init", type=Path, default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (fine-tuning; fresh optimiser)")
     add_flags(p.add_argument_group("overrides of the params (one flag per TrainParams key)"),
               TrainParams)
     return p.parse_args(argv)
@@ -522,11 +539,16 @@ class Trainer:
         self.model.to(self.dev)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.codec: LatentCodec | None = None
+        self.infer: nn.Module = self.model  # what validation runs (no DDP wrapper)
+        if params.objective == "rate_distortion":
+            self.codec = LatentCodec(self.model.latent_shape).to(self.dev)
+            self.infer = RateDistortionNet(self.model, self.codec)
         self.steps_per_epoch = len(self.train_loader)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.lr)
+        self.optimizer = torch.optim.Adam(self.infer.parameters(), lr=params.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=params.epochs * self.steps_per_epoch, eta_min=0.0)
-        self.net: nn.Module = self.model
+        self.net: nn.Module = self.infer
         if params.compile:
             self.net.compile()  # in place, before DDP wraps it
         if dist_.world > 1:
@@ -542,7 +564,9 @@ class Trainer:
         cfg.update(normalisation=self.normalisation, source=self.source, loss=self.p.loss,
                    lr=self.p.lr, epochs=self.p.epochs, batch_size=self.p.batch_size,
                    val_fraction=self.p.val_fraction, seed=self.p.seed,
-                   tiles=str(self.info.path))
+                   tiles=str(self.info.path), objective=self.p.objective)
+        if self.codec is not None:
+            cfg["lambda"] = self.p.lmbda
         return cfg
 
     def _state(self, epoch: int, full: bool) -> dict[str, Any]:
@@ -552,6 +576,8 @@ class Trainer:
             "metrics": self.history[-1] if self.history else {},
             "best": self.best, "params": to_dict(self.p), "torch_version": str(torch.__version__),
         }
+        if self.codec is not None:
+            state = finalise_state(state, self.codec)
         if full:
             state.update(optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), rng=rng_state(),
@@ -590,12 +616,42 @@ class Trainer:
                             f"({'; '.join(diff)}); "
                             "resume with the same settings or start afresh without --resume")
         self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+        if self.codec is not None:
+            self.codec.load_state_dict(ckpt["entropy"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.start_epoch = int(ckpt["epoch"])
         self.best = float(ckpt.get("best", math.inf))
         self.history = list(ckpt.get("history", []))
         set_rng_state(ckpt["rng"])
+
+    def initialise(self, init: Path | None) -> None:
+        """Before the first epoch: weights from ``init`` (``--init``); the center and gain
+        of a new entropy model from the latents of a few training tiles."""
+        has_codec = self._load_init(init) if init is not None else False
+        if self.codec is None or has_codec:
+            return
+        n = min(8, len(self.train_set))
+        x = torch.stack([self.train_set[i][0] for i in range(n)]).to(self.dev)
+        with torch.no_grad():
+            self.codec.init_from(self.model.encode(x))
+        if self.d.world > 1:
+            dist.broadcast(self.codec.center.data, 0)
+            dist.broadcast(self.codec.log_gain.data, 0)
+
+    def _load_init(self, path: Path) -> bool:
+        """Copy a checkpoint's weights (and entropy model, if any); True if it had one."""
+        model, ckpt = load_checkpoint(path)
+        ours = self.model.config()
+        diff = [f"{k} {v!r} vs {ours[k]!r}" for k, v in model.config().items() if v != ours[k]]
+        if diff:
+            raise UserError(f"--init {path.name}: model differs from these settings "
+                            f"({'; '.join(diff)})")
+        self.model.load_state_dict(model.state_dict())
+        if self.codec is not None and has_entropy_model(ckpt):
+            self.codec.load_state_dict(ckpt["entropy"])
+            return True
+        return False
 
     # --- loop ---
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -619,11 +675,24 @@ class Trainer:
             dist.all_reduce(sums)
         return sums.cpu()
 
-    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float]:
+    def _terms(self, net: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, mse, estimated bpppc) of a batch; bpppc is 0 for the reconstruction
+        objective, whose loss is the distortion alone."""
+        with self._autocast():
+            out = net(x, logits=True)
+        logits, bits = out if isinstance(out, tuple) else (out, None)
+        loss, mse = _loss_terms(logits, x, mask, self.p.loss)
+        if bits is None:
+            return loss, mse, torch.zeros((), device=loss.device)
+        rate = bits.float().mean() / x[0].numel()
+        return self.p.lmbda * loss + rate, mse, rate
+
+    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float, float]:
         self.net.train()
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.p.seed + epoch)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.dev)
         count = 0
         if self.train_cache is not None:
             batches = self.train_cache.batches(list(iter(self.sampler)), self.local_batch,
@@ -631,9 +700,7 @@ class Trainer:
         else:
             batches = self._batches(self.train_loader)
         for x, mask in batches:
-            with self._autocast():
-                logits = self.net(x, logits=True)
-            loss, mse = _loss_terms(logits, x, mask, self.p.loss)
+            loss, mse, rate = self._terms(self.net, x, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -641,19 +708,20 @@ class Trainer:
             n = x.shape[0]
             sums[0] += loss.detach().double() * n
             sums[1] += mse.detach().double() * n
+            sums[2] += rate.detach().double() * n
             count += n
             if bar is not None:
                 bar.update(n * self.d.world)
-        sums[2] = count
+        sums[3] = count
         total = self._reduce(sums)
-        return float(total[0] / total[2]), float(total[1] / total[2])
+        return tuple(float(v / total[3]) for v in total[:3])  # type: ignore[return-value]
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float] | None:
+    def validate(self) -> tuple[float, float, float] | None:
         if self.n_val == 0:
             return None
         self.net.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.dev)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.dev)
         count = 0
         if self.val_cache is not None:
             batches = self.val_cache.batches(range(len(self.val_set)), self.local_batch,
@@ -661,16 +729,16 @@ class Trainer:
         else:
             batches = self._batches(self.val_loader)
         for x, mask in batches:
-            with self._autocast():
-                logits = self.model(x, logits=True)  # no DDP hooks needed for inference
-            loss, mse = _loss_terms(logits, x, mask, self.p.loss)
+            # self.infer: no DDP hooks needed for inference
+            loss, mse, rate = self._terms(self.infer, x, mask)
             n = x.shape[0]
             sums[0] += loss.double() * n
             sums[1] += mse.double() * n
+            sums[2] += rate.double() * n
             count += n
-        sums[2] = count
+        sums[3] = count
         total = self._reduce(sums)
-        return float(total[0] / total[2]), float(total[1] / total[2])
+        return tuple(float(v / total[3]) for v in total[:3])  # type: ignore[return-value]
 
     def _oom(self, exc: BaseException) -> UserError:
         half = max(1, self.p.batch_size // 2)
@@ -694,7 +762,7 @@ class Trainer:
             for epoch in range(self.start_epoch, p.epochs):
                 t0 = time.perf_counter()
                 try:
-                    train_loss, train_mse = self.train_epoch(epoch, bar)
+                    train_loss, train_mse, train_rate = self.train_epoch(epoch, bar)
                     train_seconds = time.perf_counter() - t0
                     val = self.validate()
                 except torch.cuda.OutOfMemoryError as exc:
@@ -710,13 +778,18 @@ class Trainer:
                         "tiles_per_s": len(self.train_set) / max(train_seconds, 1e-9)}
                 if val is not None:
                     last.update(val_loss=val[0], val_psnr=_psnr(val[1]))
+                if self.codec is not None:
+                    last["train_bpppc"] = train_rate
+                    if val is not None:
+                        last["val_bpppc"] = val[2]
                 self.history.append(last)
                 score = last.get("val_loss", train_loss)
                 if self.d.main:
                     live.step = epoch
                     for key, name in (("train_loss", "train/loss"), ("train_psnr", "train/psnr"),
                                       ("val_loss", "val/loss"), ("val_psnr", "val/psnr"),
-                                      ("lr", "lr")):
+                                      ("train_bpppc", "train/bpppc"),
+                                      ("val_bpppc", "val/bpppc"), ("lr", "lr")):
                         if key in last:
                             live.log_metric(name, last[key])
                     live.next_step()
@@ -724,6 +797,8 @@ class Trainer:
                            f"{last['train_psnr']:.2f} dB")
                     if val is not None:
                         msg += f" | val loss {last['val_loss']:.6f} psnr {last['val_psnr']:.2f} dB"
+                    if self.codec is not None:
+                        msg += f" {last.get('val_bpppc', train_rate):.4f} bpppc (estimated)"
                     msg += f" | {last['tiles_per_s']:.1f} tiles/s"
                     (bar.write if bar is not None else print)(msg)
                 if score < self.best:
@@ -743,14 +818,21 @@ class Trainer:
 
 
 def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str | None = None,
-          stop_after: int | None = None, progress: bool | None = None) -> dict[str, float]:
-    """Run (or continue) a training; returns the last epoch's metrics."""
+          stop_after: int | None = None, progress: bool | None = None,
+          init: Path | None = None) -> dict[str, float]:
+    """Run (or continue) a training; returns the last epoch's metrics. ``init``: start
+    from that checkpoint's weights (not with ``resume``)."""
+    if init is not None and resume is not None:
+        raise ParamsError("--init starts a new run from weights; --resume continues one: "
+                          "use one of them")
     seed_everything(params.seed, params.deterministic)
     d = setup_distributed(params.device)
     try:
         trainer = Trainer(params, source, tiles, out, d, progress=progress)
         if resume is not None:
             trainer.resume(out / "last.pt" if resume == "last" else Path(resume))
+        else:
+            trainer.initialise(init)
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
             amp = "bf16 autocast" if trainer.amp_dtype is not None else "fp32"
@@ -789,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise ParamsError("--stop-after-epoch must be >= 1")
     train(params, args.source, args.tiles, args.out, resume=args.resume,
-          stop_after=args.stop_after_epoch, progress=args.progress)
+          stop_after=args.stop_after_epoch, progress=args.progress, init=args.init)
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from parsers.settings import param_key
 from pipeline.params import SOURCES, load_section, read_params_file
 
 dvc_repo = pytest.importorskip("dvc.repo")
@@ -140,7 +141,7 @@ def test_params_section_loads_with_its_dataclass(section: str) -> None:
     # Not only no unknown keys (the loader checks that) but no missing ones either:
     # params.yaml spells out every setting, so `dvc params diff` shows all of them.
     written = set(_lookup(read_params_file(PARAMS), section))
-    fields = {f.name for f in dataclasses.fields(settings) if f.init}
+    fields = {param_key(f) for f in dataclasses.fields(settings) if f.init}
     assert written == fields, f"{section}: missing {sorted(fields - written)}"
 
 
@@ -156,7 +157,7 @@ def test_merged_sections_hold_every_field_once(section: str, source: str) -> Non
     assert set(sections) == {"common", *SOURCES}, f"{section}: only common + per-source parts"
     common, own = set(sections["common"]), set(sections[source])
     assert not common & own, f"{section}.common and .{source} both set {sorted(common & own)}"
-    fields = {f.name for f in dataclasses.fields(settings) if f.init}
+    fields = {param_key(f) for f in dataclasses.fields(settings) if f.init}
     assert common | own == fields, f"{section}.{source}: missing {sorted(fields - common - own)}"
 
 
