@@ -1,6 +1,7 @@
-"""Benchmark of the dataset build: statistics vs plain numpy reading, workers, tiling, memory.
+"""Benchmark of the dataset build: reading, statistics and tiling vs plain numpy reading.
 
     python benchmarks/bench_stats.py                 # 2 GB of calibrated VIRTIS-M cubes
+    python benchmarks/bench_stats.py --gb 8          # the 4x run (linear time, flat memory)
     python benchmarks/bench_stats.py --gb 0.2        # a quick check
 
 Synthetic calibrated VIRTIS-M VIS cubes (432 bands x 256 samples x ``--lines`` lines,
@@ -8,14 +9,21 @@ big-endian float32 with special values, as the reader sees real .CAL products) a
 once to ``--workdir`` (4 distinct cubes, copied under new names up to ``--gb``). Each phase
 runs in its own process after one warm-up read of every file (so all phases read from the
 page cache, and the numbers compare computation, not the disk). Peak memory is the highest
-summed RSS of the phase's process tree, sampled every 20 ms.
+summed RSS of the phase's process tree (workers included), sampled every 20 ms. The
+``numpy-read`` reference runs again between the other phases (``--rounds`` times in all)
+and every ratio is taken against the median of those runs, so that a change of machine
+load during the run shows as spread instead of skewing one ratio; ``os.getloadavg`` is
+printed with every phase.
 
 Phases:
   numpy-read      np.fromfile of every file (the "simply read the files once" reference)
-  reader-read     the files through parsers.virtis in blocks (chunk_mb), no statistics
+  reader-read     the files through the VIRTIS reader in blocks of chunk_mb (float32,
+                  NaN at special values), buffer reused block after block
   stats-proc-1/2  pipeline.stats partials + merge, dask "processes" scheduler, 1 / 2 workers
   stats-thr-2     the same with the "threads" scheduler, 2 workers
-  tiles           pipeline.tiles of every cube into one HDF5 (64 x 64 tiles, blosc2-zstd)
+  tiles-proc-1/2  pipeline.tiles of every cube into one HDF5 (64 x 64 tiles, the default
+                  codec of params.yaml), "processes" scheduler, 1 / 2 workers
+  tiles-thr-2     the same with 2 threads (compression serialised by h5py's lock)
 """
 
 from __future__ import annotations
@@ -90,12 +98,30 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
+def tile_params(workers: int, scheduler: str):
+    from pipeline.params import load_section
+    from pipeline.tiles import VirtisTileParams
+
+    root = Path(__file__).resolve().parents[1]
+    return load_section(VirtisTileParams, "tiles.virtis", root / "params.yaml",
+                        {"scheduler": scheduler, "workers": workers})
+
+
 def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict:
     """Run one phase in this process; return seconds and peak RSS."""
     from pipeline.products import ProductRef, open_product
     from pipeline.stats import HistogramSpec, compute_stats, make_tasks
 
     refs = [ProductRef(p.name, p) for p in paths]
+    doc = None
+    if phase.startswith("tiles"):
+        from pipeline.stats import StatsParams, product_metadata, stats_document
+
+        st = compute_stats("virtis", make_tasks("virtis", refs[:1]), HistogramSpec(),
+                           "synchronous", progress=False)
+        doc = stats_document("virtis", st, [refs[0].product_id], StatsParams(),
+                             product_metadata("virtis", refs[0]))
+    load = os.getloadavg()[0]
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         if phase == "numpy-read":
@@ -104,7 +130,8 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
         elif phase == "reader-read":
             for r in refs:
                 product = open_product("virtis", r.path)
-                for _ in product.iter_blocks(product.lines_for_bytes(chunk_mb * 1e6)):
+                for _ in product.iter_blocks(product.lines_for_bytes(chunk_mb * 1e6),
+                                             reuse=True):
                     pass
         elif phase.startswith("stats-"):
             _, kind, workers = phase.split("-")
@@ -113,21 +140,31 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
             stats = compute_stats("virtis", tasks, HistogramSpec(), scheduler, int(workers),
                                   chunk_mb, progress=False)
             assert int(stats.count.sum()) > 0
-        elif phase == "tiles":
-            from pipeline.stats import StatsParams, product_metadata, stats_document
-            from pipeline.tiles import VirtisTileParams, write_split_tiles
+        elif phase.startswith("tiles-"):
+            from pipeline.tiles import write_split_tiles
 
-            st = compute_stats("virtis", make_tasks("virtis", refs[:1]), HistogramSpec(),
-                               "synchronous", progress=False)
-            doc = stats_document("virtis", st, [refs[0].product_id], StatsParams(),
-                                 product_metadata("virtis", refs[0]))
-            t0 = time.perf_counter()  # time the tiling only
-            write_split_tiles(out / "tiles.h5", "virtis", "train", refs, VirtisTileParams(),
-                              doc, progress=False)
+            _, kind, workers = phase.split("-")
+            params = tile_params(int(workers), {"proc": "processes", "thr": "threads"}[kind])
+            write_split_tiles(out / "tiles.h5", "virtis", "train", refs, params, doc,
+                              progress=False)
         else:
             raise SystemExit(f"unknown phase {phase}")
         seconds = time.perf_counter() - t0
-    return {"phase": phase, "seconds": seconds, "peak_rss": mem.peak}
+    return {"phase": phase, "seconds": seconds, "peak_rss": mem.peak, "load_before": load,
+            "load_after": os.getloadavg()[0]}
+
+
+def run_in_child(phase: str, args: argparse.Namespace, total: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, "--gb", str(args.gb), "--lines",
+         str(args.lines), "--chunk-mb", str(args.chunk_mb), "--workdir", str(args.workdir)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{phase}: failed\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["mb_per_s"] = total / 1e6 / res["seconds"]
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-mb", type=float, default=32.0, help="block size of the readers")
     ap.add_argument("--workdir", type=Path,
                     default=Path(tempfile.gettempdir()) / "sscnet-bench-stats")
-    ap.add_argument("--phases", default="numpy-read,reader-read,stats-proc-1,stats-proc-2,"
-                                        "stats-thr-2,tiles")
+    ap.add_argument("--phases", default="reader-read,stats-proc-1,stats-proc-2,stats-thr-2,"
+                                        "tiles-proc-1,tiles-proc-2,tiles-thr-2")
+    ap.add_argument("--rounds", type=int, default=3, help="numpy-read runs, between phases")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--clean", action="store_true", help="delete --workdir at the end")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase, print JSON
     args = ap.parse_args(argv)
 
@@ -162,32 +201,34 @@ def main(argv: list[str] | None = None) -> int:
           f"blocks of {args.chunk_mb} MB")
     for p in paths:  # warm the page cache so every phase reads from memory
         np.fromfile(p, dtype=np.uint8)
-    results = []
-    for phase in args.phases.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--phase", phase, "--gb", str(args.gb), "--lines",
-             str(args.lines), "--chunk-mb", str(args.chunk_mb), "--workdir", str(args.workdir)],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode != 0:
-            print(f"{phase}: failed\n{proc.stderr[-2000:]}")
-            return 1
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        res["mb_per_s"] = total / 1e6 / res["seconds"]
-        results.append(res)
-    ref = {r["phase"]: r for r in results}
-    print(f"{'phase':<14} {'seconds':>8} {'MB/s':>8} {'vs numpy':>9} {'peak RSS':>10}")
+    phases = args.phases.split(",")
+    order = ["numpy-read"]
+    for i, phase in enumerate(phases):
+        order.append(phase)
+        if args.rounds > 1 and (i + 1) % max(1, len(phases) // (args.rounds - 1)) == 0:
+            order.append("numpy-read")
+    results = [run_in_child(phase, args, total) for phase in order]
+    ref_runs = [r["mb_per_s"] for r in results if r["phase"] == "numpy-read"]
+    ref = float(np.median(ref_runs))
+    print(f"numpy-read reference: median {ref:.0f} MB/s of {len(ref_runs)} runs "
+          f"({', '.join(f'{v:.0f}' for v in ref_runs)})")
+    print(f"{'phase':<14} {'seconds':>8} {'MB/s':>8} {'vs numpy':>9} {'peak RSS':>10}  load")
     for r in results:
-        rel = (r["mb_per_s"] / ref["numpy-read"]["mb_per_s"]) if "numpy-read" in ref else None
-        r["vs_numpy_read"] = rel
+        r["vs_numpy_read"] = r["mb_per_s"] / ref
         print(f"{r['phase']:<14} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} "
-              f"{'' if rel is None else f'{rel:8.0%}':>9} {r['peak_rss'] / 1e6:8.0f} MB")
-    if "stats-proc-1" in ref and "stats-proc-2" in ref:
-        speedup = ref["stats-proc-1"]["seconds"] / ref["stats-proc-2"]["seconds"]
-        print(f"speed-up 1 -> 2 worker processes: {speedup:.2f}x")
+              f"{r['vs_numpy_read']:8.0%} {r['peak_rss'] / 1e6:8.0f} MB  "
+              f"{r['load_before']:.2f} -> {r['load_after']:.2f}")
+    by = {r["phase"]: r for r in results}
+    for stage in ("stats", "tiles"):
+        if f"{stage}-proc-1" in by and f"{stage}-proc-2" in by:
+            speedup = by[f"{stage}-proc-1"]["seconds"] / by[f"{stage}-proc-2"]["seconds"]
+            print(f"{stage}: speed-up 1 -> 2 worker processes {speedup:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"bytes": total, "files": len(paths),
-                                         "results": results}, indent=1))
+                                         "numpy_read_mb_s": ref_runs, "results": results},
+                                        indent=1))
+    if args.clean:
+        shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
 
 

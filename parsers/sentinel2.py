@@ -87,6 +87,7 @@ STAC_ASSET_BANDS: dict[str, str] = {
 
 NODATA = 0
 SATURATED = 65535
+GDAL_CACHE_MB = 128
 Resampling = Literal["nearest", "bilinear"]
 # GDAL settings for remote reads: no directory listing per opened file, merged ranges.
 # (CPL_VSIL_CURL_USE_HEAD=NO was tried: GDAL then GETs the whole file to learn its size.)
@@ -294,6 +295,8 @@ class S2Stack:
     quantification: float | None = None
     resampling: str = "nearest"
     window: tuple[int, int, int, int] | None = None
+    #: (lines, samples) of the whole product grid, whatever window was read.
+    grid_shape: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -368,6 +371,9 @@ def _gdal_env(remote: bool) -> Iterator[None]:
     # With multi-threaded JPEG 2000 decoding, GDAL 3.10 reports a truncated tile only on stderr
     # and returns zeros; single-threaded decoding raises, so a bad file is never read silently.
     options["GDAL_NUM_THREADS"] = "1"
+    # GDAL's block cache defaults to 5 % of RAM; window-by-window readers need only a
+    # little of it (pipeline.products reads products a strip at a time).
+    options["GDAL_CACHEMAX"] = GDAL_CACHE_MB
     with rasterio.Env(**options):
         yield
 
@@ -610,6 +616,7 @@ def _assemble(
         quantification=quantification,
         resampling=resampling,
         window=tuple(win) if window is not None else None,
+        grid_shape=(grid.height, grid.width),
     )
 
 

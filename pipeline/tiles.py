@@ -84,8 +84,8 @@ class TileParams:
     size: int = 64
     stride: int | None = None
     max_invalid_fraction: float = 0.05
-    compression: Compression = "blosc2-zstd"
-    compression_level: int = 1
+    compression: Compression = "blosc2-lz4"
+    compression_level: int = 5
     shuffle: Shuffle = "bit"
     scheduler: str = "threads"
     workers: int = 0
@@ -117,6 +117,8 @@ class Sentinel2TileParams(TileParams):
     """``tiles.sentinel2``: 9 x 48 x 48 uint16 tiles, stride 48 (the paper's cut)."""
 
     size: int = 48
+    compression: Compression = "blosc2-zstd"
+    compression_level: int = 3
 
 
 PARAMS_CLASS: dict[str, type[TileParams]] = {
@@ -124,7 +126,7 @@ PARAMS_CLASS: dict[str, type[TileParams]] = {
 }
 
 
-def compression_kwargs(name: str, level: int = 1, shuffle: str = "bit") -> dict[str, Any]:
+def compression_kwargs(name: str, level: int = 5, shuffle: str = "bit") -> dict[str, Any]:
     """h5py ``create_dataset`` keyword arguments for a compression name."""
     if name.startswith("blosc2"):
         import hdf5plugin
@@ -150,8 +152,8 @@ class TileLayout:
     size: int
     dtype: str
     with_mask: bool
-    compression: str = "blosc2-zstd"
-    level: int = 1
+    compression: str = "blosc2-lz4"
+    level: int = 5
     shuffle: str = "bit"
 
     def datasets(self) -> dict[str, dict[str, Any]]:
@@ -166,31 +168,53 @@ class TileLayout:
                                 fletcher32=True)
         return out
 
-    def encode(self, tiles: np.ndarray, masks: np.ndarray | None) -> dict[str, list[bytes]]:
-        """Stored bytes of every chunk, through this layout's HDF5 filter pipeline.
 
-        The arrays go into an in-memory HDF5 file with the final file's dataset settings;
-        the chunks are read back as stored (compressed, with their checksum).
-        """
+
+class ChunkEncoder:
+    """Compress tiles through a layout's HDF5 filter pipeline, as the final file would.
+
+    Tiles go into an in-memory HDF5 file with the final file's dataset settings as they
+    come (:meth:`add`); :meth:`chunks` reads every chunk back as stored (compressed, with
+    its checksum), ready for a direct chunk write.
+    """
+
+    def __init__(self, layout: TileLayout) -> None:
         import h5py
 
-        arrays = {"tiles": tiles, "valid": masks}
-        out: dict[str, list[bytes]] = {}
         name = f"tiles-{os.getpid()}-{threading.get_ident()}-{next(_MEMFILES)}.h5"
-        with h5py.File(name, "w", driver="core", backing_store=False) as f:
-            for key, kwargs in self.datasets().items():
-                data = arrays[key]
-                ds = f.create_dataset(key, **kwargs)
-                ds.resize(len(data), axis=0)
-                if len(data):
-                    ds[...] = data
-                chunks = []
-                for i in range(len(data)):
-                    mask, raw = ds.id.read_direct_chunk((i,) + (0,) * (data.ndim - 1))
-                    if mask != 0:  # a filter was skipped: the bytes would not be portable
-                        raise RuntimeError(f"HDF5 skipped a filter of {key} (mask {mask})")
-                    chunks.append(bytes(raw))
-                out[key] = chunks
+        self.file = h5py.File(name, "w", driver="core", backing_store=False)
+        self.sets = {key: self.file.create_dataset(key, **kwargs)
+                     for key, kwargs in layout.datasets().items()}
+        self.n = 0
+
+    def __enter__(self) -> ChunkEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def add(self, tiles: np.ndarray, masks: np.ndarray | None) -> None:
+        """Append tiles (k, B, H, W) and, when the layout has a ``valid`` set, masks."""
+        k = len(tiles)
+        if k == 0:
+            return
+        arrays = {"tiles": tiles, "valid": masks if masks is not None else True}
+        for key, ds in self.sets.items():
+            ds.resize(self.n + k, axis=0)
+            ds[self.n:] = arrays[key]
+        self.n += k
+
+    def chunks(self) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
+        for key, ds in self.sets.items():
+            zeros = (0,) * (ds.ndim - 1)
+            stored = []
+            for i in range(self.n):
+                mask, raw = ds.id.read_direct_chunk((i, *zeros))
+                if mask != 0:  # a filter was skipped: the bytes would not be portable
+                    raise RuntimeError(f"HDF5 skipped a filter of {key} (mask {mask})")
+                stored.append(bytes(raw))
+            out[key] = stored
         return out
 
 
@@ -245,6 +269,42 @@ def cut_rows(
     return tiles, masks, offsets
 
 
+def row_invalid_fraction(
+    data: np.ndarray, valid: np.ndarray | None, size: int, step: int
+) -> tuple[list[int], np.ndarray]:
+    """Sample offsets of the tiles of one tile row (B, size, S) and their invalid fractions.
+
+    Same rule as :func:`invalid_fraction`, counted per sample column first (one pass over
+    the row in its memory order), then summed per tile.
+    """
+    bands, _, samples = data.shape
+    offsets = list(range(0, samples - size + 1, step))
+    bad = ~np.isfinite(data) if data.dtype.kind == "f" else None
+    if valid is not None:
+        bad = ~valid[None] if bad is None else (bad | ~valid[None])
+    if bad is None:
+        return offsets, np.zeros(len(offsets))
+    column = bad.sum(axis=(0, 1), dtype=np.int64) * (bands // bad.shape[0])  # pixel mask only
+    per_column = np.concatenate([[0], np.cumsum(column)])
+    counts = np.array([per_column[s + size] - per_column[s] for s in offsets], np.int64)
+    return offsets, counts / (bands * size * size)
+
+
+def cut_tiles(
+    data: np.ndarray, valid: np.ndarray | None, size: int, offsets: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tiles (n, B, size, size) at ``offsets`` of one tile row (B, size, S), and masks."""
+    tiles = np.empty((len(offsets), data.shape[0], size, size), data.dtype)
+    for i, s in enumerate(offsets):
+        tiles[i] = data[:, :, s:s + size]
+    masks = None
+    if valid is not None:
+        masks = np.empty((len(offsets), size, size), bool)
+        for i, s in enumerate(offsets):
+            masks[i] = valid[:, s:s + size]
+    return tiles, masks
+
+
 def tile_rows(product: Product, size: int, step: int) -> int:
     """Number of tile rows of a product (row r covers lines [r*step, r*step + size))."""
     return max(0, (product.lines - size) // step + 1)
@@ -258,30 +318,30 @@ def make_tile_block(
     ref = ProductRef(task.product_id, Path(task.path))
     product = opener(ref) if opener is not None else open_product(source, ref.path, options)
     size, step = params.size, params.step
-    buf = product.block_buffer(size)
-    kept_tiles, kept_masks, where, invalid, dropped = [], [], [], [], 0
-    for row in range(task.row0, task.row1):
-        line0 = row * step
-        data, valid = product.read_block(line0, line0 + size, buf)
-        tiles, masks, offsets = cut_rows(data, valid, size, step)
-        frac = invalid_fraction(tiles, masks)
-        keep = frac <= params.max_invalid_fraction
-        dropped += int((~keep).sum())
-        line_no = int(product.line_numbers[line0])
-        kept_tiles.append(tiles[keep].astype(layout.dtype, copy=False))
-        if masks is not None:
-            kept_masks.append(masks[keep])
-        where += [(line_no, s) for s, k in zip(offsets, keep, strict=True) if k]
-        invalid.append(frac[keep])
-    b, s = layout.bands, layout.size
-    tiles = np.concatenate(kept_tiles) if kept_tiles else np.empty((0, b, s, s), layout.dtype)
-    masks = None
-    if layout.with_mask:
-        masks = np.concatenate(kept_masks) if kept_masks else np.ones((len(tiles), s, s), bool)
+    group = max(1, (product.preferred_lines - size) // step + 1)  # tile rows per read
+    buf = product.block_buffer(size) if group == 1 else None
+    where, invalid, dropped = [], [], 0
+    with ChunkEncoder(layout) as encoder:
+        for first in range(task.row0, task.row1, group):
+            rows = range(first, min(task.row1, first + group))
+            top = first * step
+            data, valid = product.read_block(top, rows[-1] * step + size, buf)
+            for row in rows:
+                a = row * step - top
+                rv = None if valid is None else valid[a:a + size]
+                offsets, frac = row_invalid_fraction(data[:, a:a + size], rv, size, step)
+                keep = frac <= params.max_invalid_fraction
+                dropped += int((~keep).sum())
+                kept = [s for s, k in zip(offsets, keep, strict=True) if k]
+                encoder.add(*cut_tiles(data[:, a:a + size], rv, size, kept))
+                line_no = int(product.line_numbers[row * step])
+                where += [(line_no, s) for s in kept]
+                invalid.append(frac[keep])
+        chunks = encoder.chunks()
     return TileBlock(
         task.product_id, np.array(where, np.int32).reshape(-1, 2),
         np.concatenate(invalid).astype(np.float32) if invalid else np.empty(0, np.float32),
-        layout.encode(tiles, masks), dropped,
+        chunks, dropped,
     )
 
 
@@ -317,7 +377,7 @@ class TileWriter:
 
     def __init__(
         self, path: str | os.PathLike[str], *, bands: int, size: int, dtype: np.dtype,
-        id_length: int, with_mask: bool, compression: str = "blosc2-zstd", level: int = 1,
+        id_length: int, with_mask: bool, compression: str = "blosc2-lz4", level: int = 5,
         shuffle: str = "bit",
     ) -> None:
         self.path = Path(path)

@@ -172,3 +172,25 @@ def test_sentinel2_clouds_count_as_invalid_pixels(tmp_path):
     _, valid = product.read_block(0, product.lines)
     np.testing.assert_array_equal(valid, stack.valid & ~np.isin(stack.scl, sentinel2.SCL_REJECT))
     assert not valid[cloudy].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_row_invalid_fraction_equals_the_per_tile_rule(dtype, with_mask):
+    from pipeline.tiles import cut_rows, cut_tiles, invalid_fraction, row_invalid_fraction
+
+    rng = np.random.default_rng(4)
+    row = rng.integers(1, 99, (5, 8, 30)).astype(dtype)
+    if dtype == np.float32:
+        row[:, 2, 3] = np.nan
+        row[1, 5:, 20:] = np.nan
+    valid = rng.random((8, 30)) > 0.3 if with_mask else None
+    view = np.ascontiguousarray(row.transpose(1, 2, 0)).transpose(2, 0, 1)  # file order
+    offsets, frac = row_invalid_fraction(view, valid, 8, 7)
+    tiles, masks, want_offsets = cut_rows(row, valid, 8, 7)
+    assert offsets == want_offsets
+    np.testing.assert_allclose(frac, invalid_fraction(tiles, masks), rtol=0, atol=1e-12)
+    got, got_masks = cut_tiles(view, valid, 8, offsets[1:])
+    np.testing.assert_array_equal(got, tiles[1:])
+    if with_mask:
+        np.testing.assert_array_equal(got_masks, masks[1:])
