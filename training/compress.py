@@ -47,7 +47,7 @@ from training import sscz
 from training.codec import NET_BATCH, Codec
 from training.cube_io import Grid, InputCube, iter_tile_rows, open_input
 from training.data import Normaliser
-from training.train import resolve_device
+from training.device import resolve_device
 
 DEFAULT_BATCH = 8
 

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from parsers.errors import ProductError
+
 MODES: tuple[str, ...] = ("paper_minmax", "global_max", "robust", "zscore")
 ROBUST_PERCENTILES: tuple[str, str] = ("0.1", "99.9")
 
@@ -157,15 +159,38 @@ class Normaliser:
         return f"Normaliser(mode={self.mode!r}, bands={self.bands}, clip={self.clip})"
 
 
+def _h5py() -> Any:
+    """h5py, with hdf5plugin's filters (Blosc2, Zstd, LZ4) registered when it is installed.
+
+    Only files written with those filters need it (:func:`_check_filters` says so); an
+    offline GPU machine without it still reads gzip, lzf and uncompressed tile files.
+    """
+    import h5py
+
+    with contextlib.suppress(ImportError):
+        import hdf5plugin  # noqa: F401  (registers the filters)
+    return h5py
+
+
+def _check_filters(path: str | os.PathLike[str], dataset: Any) -> None:
+    """ProductError when a filter of ``dataset`` is not available to this h5py."""
+    h5py = _h5py()
+    plist = dataset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(i)
+        if not h5py.h5z.filter_avail(code):
+            label = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+            raise ProductError(path, f"tiles are compressed with HDF5 filter {code} ({label}), "
+                                     "which needs the hdf5plugin package")
+
+
 def read_tile_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a tile file: counts, shapes, source, split, statistics, params."""
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the Blosc2 filter)
-
-    with h5py.File(path, "r") as f:
+    with _h5py().File(path, "r") as f:
         if "tiles" not in f:
             raise ValueError(f"{path}: no 'tiles' dataset (not a pipeline.tiles file)")
         tiles = f["tiles"]
+        _check_filters(path, tiles)
         attrs = dict(f.attrs)
         out = {
             "n": int(tiles.shape[0]), "bands": int(tiles.shape[1]),
@@ -252,10 +277,7 @@ class TileDataset(Dataset):
 
     def _file(self) -> Any:
         if self._h5 is None or self._pid != os.getpid():
-            import h5py
-            import hdf5plugin  # noqa: F401  (registers the Blosc2 filter)
-
-            self._h5 = h5py.File(self.path, "r")
+            self._h5 = _h5py().File(self.path, "r")
             self._pid = os.getpid()
         return self._h5
 

@@ -2,7 +2,7 @@
 
 ``python -m training.evaluate --params params.yaml --source S --tiles data/tiles/S/test.h5
 --checkpoint models/S/best.pt --out eval/S [--max-tiles N] [--device cpu|cuda|auto]
-[--rates 0.5,1,2] [--no-baselines]``
+[--precision fp32|bf16] [--rates 0.5,1,2] [--no-baselines]``
 
 Protocol (also written into every report):
 
@@ -53,6 +53,7 @@ from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_d
 from training import baselines as BL
 from training import figures
 from training.data import Normaliser, TileDataset, read_tile_attrs
+from training.device import Runtime, resolve_device
 from training.metrics import MSSSIM_WINDOW, SSIM_WINDOW, MetricAccumulator
 from training.models import load_checkpoint
 
@@ -69,6 +70,8 @@ class EvaluateParams:
     max_tiles: int | None = None  # the first N test tiles; None: all
     batch_size: int = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
+        "help": "SSCNet encode/decode in fp32 or under bf16 autocast (as a GPU would run it)"})
     baselines: bool = True
     rates: list[float] = field(
         default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
@@ -219,14 +222,6 @@ class MethodResult:
         }
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -234,21 +229,28 @@ def _sync(dev: torch.device) -> None:
 
 def sscnet_pass(
     model: torch.nn.Module, normaliser: Normaliser, raw: np.ndarray, valid: np.ndarray,
-    dev: torch.device, half_latent: bool,
+    rt: Runtime, half_latent: bool,
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """(reconstruction physical, normalised reconstruction, encode s, decode s) of a batch."""
+    """(reconstruction physical, normalised reconstruction, encode s, decode s) of a batch.
+
+    ``model`` is already on ``rt.device`` (:meth:`Runtime.prepare`); encode and decode run
+    under the runtime's autocast, their outputs are cast back to float32.
+    """
+    dev = rt.device
     with torch.inference_mode():
         _sync(dev)
         t0 = time.perf_counter()
         x = torch.from_numpy(raw.astype(np.float32)).to(dev)
         xn = normaliser.normalise(x)
-        xn = torch.where(torch.from_numpy(valid).to(dev), xn, torch.zeros_like(xn))
-        z = model.encode(xn)
+        xn = rt.tiles(torch.where(torch.from_numpy(valid).to(dev), xn, torch.zeros_like(xn)))
+        with rt.autocast():
+            z = model.encode(xn).float()
         if half_latent:
             z = z.half()
         _sync(dev)
         t1 = time.perf_counter()
-        y = model.decode(z.float())
+        with rt.autocast():
+            y = model.decode(z.float()).float()
         yp = normaliser.denormalise(y)
         _sync(dev)
         t2 = time.perf_counter()
@@ -256,18 +258,20 @@ def sscnet_pass(
 
 
 def time_sscnet(model: torch.nn.Module, normaliser: Normaliser, raw: np.ndarray,
-                valid: np.ndarray, dev: torch.device, repeats: int = 3) -> dict[str, float]:
+                valid: np.ndarray, dev: torch.device, repeats: int = 3,
+                precision: str = "fp32") -> dict[str, float]:
     """Encode/decode MB/s (of native input bytes) of SSCNet on ``dev``, best of ``repeats``."""
-    m = model.to(dev)
-    sscnet_pass(m, normaliser, raw, valid, dev, False)  # warm-up
+    rt = Runtime.create(dev, precision)
+    m = rt.prepare(model)
+    sscnet_pass(m, normaliser, raw, valid, rt, False)  # warm-up
     enc, dec = [], []
     for _ in range(repeats):
-        _, _, te, td = sscnet_pass(m, normaliser, raw, valid, dev, False)
+        _, _, te, td = sscnet_pass(m, normaliser, raw, valid, rt, False)
         enc.append(te)
         dec.append(td)
     mb = raw.nbytes / 1e6
     return {"encode_mbps": mb / min(enc), "decode_mbps": mb / min(dec),
-            "batch_tiles": int(raw.shape[0]), "device": str(dev)}
+            "batch_tiles": int(raw.shape[0]), "device": str(dev), "precision": rt.precision}
 
 
 @dataclass
@@ -279,7 +283,8 @@ class Evaluation:
 
 
 def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> Evaluation:
-    model = inp.model.to(dev)
+    rt = Runtime.create(dev, p.precision)
+    model = rt.prepare(inp.model)
     cr_values = float(model.compression_ratio)
     latent_values = math.prod(model.latent_shape)
     band_values = inp.fmt.bands * inp.fmt.height * inp.fmt.width
@@ -306,9 +311,9 @@ def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> 
         x_phys = _phys(raw, valid)
         x_norm = inp.normaliser.normalise(x_phys)
         if first:  # warm-up so that timings do not include one-off initialisation
-            sscnet_pass(model, inp.normaliser, raw[:1], valid[:1], dev, False)
+            sscnet_pass(model, inp.normaliser, raw[:1], valid[:1], rt, False)
         for res, half in ((ss32, False), (ss16, True)):
-            y_phys, y_norm, te, td = sscnet_pass(model, inp.normaliser, raw, valid, dev, half)
+            y_phys, y_norm, te, td = sscnet_pass(model, inp.normaliser, raw, valid, rt, half)
             y_phys[~valid] = np.nan
             y_norm[~valid] = np.nan
             res.acc.update(x_phys, y_phys, x_norm, y_norm)
@@ -361,13 +366,14 @@ def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> 
     throughput = {dev.type: {"encode_mbps": ss32.input_bytes / 1e6 / ss32.encode_s,
                              "decode_mbps": ss32.input_bytes / 1e6 / ss32.decode_s,
                              "tiles": ss32.acc.tiles, "batch_size": p.batch_size,
-                             "device": str(dev)}}
+                             "device": str(dev), "precision": rt.precision}}
     raw0, valid0 = next(batches(inp, p.batch_size))
     other = torch.device("cpu") if dev.type == "cuda" else (
         torch.device("cuda") if torch.cuda.is_available() else None)
     if other is not None:
-        throughput[other.type] = time_sscnet(model, inp.normaliser, raw0, valid0, other)
-        model.to(dev)
+        throughput[other.type] = time_sscnet(model, inp.normaliser, raw0, valid0, other,
+                                             precision=p.precision)
+        rt.prepare(model)
     return Evaluation(results, figure_tile, throughput, built_s)
 
 

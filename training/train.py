@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +54,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
 from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
 from training.codec import LatentCodec, RateDistortionNet, finalise_state, has_entropy_model
+from training.device import (
+    DeviceCache,
+    Dist,
+    Runtime,
+    is_out_of_memory,
+    release_cached_memory,
+    setup_distributed,
+    teardown_distributed,
+)
 from training.models import build_model, clean_state_dict, load_checkpoint, save_checkpoint
 
 #: Normalisation used by the paper for each source ("auto").
@@ -71,7 +79,10 @@ class TrainParams:
     ``batch_size`` is the global batch (all processes together); ``latent`` is an int for
     ``arch: linear`` and ``[channels, size]`` for ``arch: conv``; ``widths`` overrides the
     encoder channel widths (4 values); ``bands``/``tile``, when set, are checked against the
-    tile file. ``precision: auto`` is bf16 autocast on CUDA and fp32 on CPU.
+    tile file. ``precision: auto`` is bf16 autocast on a GPU with bf16 tensor cores and fp32
+    elsewhere (``bf16`` forces it, also on the CPU). ``channels_last`` stores activations as
+    NHWC on every device (faster for cuDNN bf16 and for the CPU's oneDNN convolutions).
+    ``compile`` runs ``torch.compile`` (on the CPU it needs a C++ compiler).
     ``cache: device`` reads every normalised tile once into one float32 tensor on the
     training device (GPU memory, or RAM on CPU) and draws batches from it in the sampler's
     order, so the HDF5 reader stops being the bottleneck; each process holds the whole
@@ -154,47 +165,7 @@ def load_params(path: Path | None, source: str,
     return load_stage(TrainParams, "train", source, path, overrides)
 
 
-# --- environment: devices, processes, seeds ---------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a UserError."""
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            cuda = torch.version.cuda
-            build = "a CPU-only build" if cuda is None else f"CUDA {cuda}"
-            raise UserError(f"--device cuda: no CUDA device available (torch {torch.__version__},"
-                            f" {build}); use --device cpu or auto")
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s)")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def setup_distributed(kind: str) -> Dist:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(kind, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                **({"device_id": device} if device.type == "cuda" else {}))
-    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
-
+# --- environment: seeds and RNG state (devices: training.device) ---------------------
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch (all devices); optionally force deterministic kernels."""
@@ -210,7 +181,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         if torch.are_deterministic_algorithms_enabled():  # (the call imports inductor: slow)
             torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # CUDA-only: per-shape algorithm search
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -387,63 +358,9 @@ def _trim_dvclive_history(live_dir: Path, first_step: int) -> None:
             csv.writer(fh, delimiter="\t", lineterminator="\n").writerows(keep)
 
 
-class DeviceCache:
-    """All tiles of a dataset (and their masks, if any value is invalid) in one tensor."""
-
-    def __init__(self, dataset: Dataset, device: torch.device, loader_kw: dict[str, Any],
-                 what: str, progress: bool) -> None:
-        n = len(dataset)  # type: ignore[arg-type]
-        self.x: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None
-        if n == 0:
-            return
-        loader = DataLoader(dataset, shuffle=False, **loader_kw)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n, unit="tile", desc=f"cache {what}", dynamic_ncols=True)
-        start = 0
-        for item in loader:
-            x, mask = item if isinstance(item, (list, tuple)) else (item, None)
-            if self.x is None:
-                need = n * x[0].numel() * 4
-                _check_memory(device, need, what)
-                self.x = torch.empty((n, *x.shape[1:]), dtype=torch.float32, device=device)
-            k = x.shape[0]
-            self.x[start:start + k] = x.to(device, non_blocking=True)
-            if mask is not None and not bool(mask.all()):
-                if self.mask is None:
-                    self.mask = torch.ones((n, *mask.shape[1:]), dtype=torch.bool, device=device)
-                self.mask[start:start + k] = mask.to(device, non_blocking=True)
-            start += k
-            if bar is not None:
-                bar.update(k)
-        if bar is not None:
-            bar.close()
-
-    def batches(self, indices: Sequence[int], batch: int, device: torch.device,
-                channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        assert self.x is not None
-        order = torch.as_tensor(list(indices), dtype=torch.long, device=device)
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            x = self.x.index_select(0, idx)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, (None if self.mask is None else self.mask.index_select(0, idx))
-
-
-def _check_memory(device: torch.device, need: int, what: str) -> None:
-    if device.type != "cuda":
-        return
-    free, _ = torch.cuda.mem_get_info(device)
-    if need > 0.7 * free:
-        raise UserError(f"cache: device needs {need / 2**30:.1f} GiB for the {what} tiles but "
-                        f"{device} has {free / 2**30:.1f} GiB free; use cache: none")
-
-
 class _NullLive:
+    """Stands in for DVCLive on ranks > 0 (and without dvclive): logs nothing."""
+
     step = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -451,8 +368,12 @@ class _NullLive:
 
 
 def _open_live(out: Path, resume: bool, first_step: int) -> Any:
-    from dvclive import Live
-
+    try:
+        from dvclive import Live
+    except ImportError:  # e.g. an offline GPU machine (benchmarks/gpu_check.sh)
+        warnings.warn("dvclive is not installed: no OUT/dvclive; the per-epoch metrics are "
+                      "printed and kept in last.pt ('history')", stacklevel=2)
+        return _NullLive()
     live_dir = out / "dvclive"
     if resume:
         _trim_dvclive_history(live_dir, first_step)
@@ -460,6 +381,53 @@ def _open_live(out: Path, resume: bool, first_step: int) -> Any:
                 dvcyaml=None, monitor_system=False)
     live.step = first_step
     return live
+
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor | None]]
+
+
+Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (loss, mse, bpppc) of a batch
+
+
+def batch_terms(net: nn.Module, rt: Runtime, x: torch.Tensor, mask: torch.Tensor | None,
+                loss: str = "bce", lmbda: float = 1.0) -> Terms:
+    """(loss, mse, estimated bpppc) of tiles ``x`` (N, B, H, W) on the device.
+
+    Forward under the runtime's autocast; the terms in float32 over the valid values. A
+    net that also returns latent bits (:class:`training.codec.RateDistortionNet`) is
+    trained on ``lmbda * distortion + bpppc``; otherwise the loss is the distortion and
+    the bpppc is 0.
+    """
+    with rt.autocast():
+        out = net(x, logits=True)
+    logits, bits = out if isinstance(out, tuple) else (out, None)
+    distortion, mse = _loss_terms(logits, x, mask, loss)
+    if bits is None:
+        return distortion, mse, torch.zeros((), device=distortion.device)
+    rate = bits.float().mean() / x[0].numel()
+    return lmbda * distortion + rate, mse, rate
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rt: Runtime,
+               x: torch.Tensor, mask: torch.Tensor | None, loss: str = "bce",
+               lmbda: float = 1.0) -> Terms:
+    """One optimisation step on a batch already on the device, nanoGPT style: forward and
+    loss (:func:`batch_terms`), backward, optimiser and schedule steps.
+
+    Returns the batch's terms detached, on the device (no host synchronisation).
+    ``benchmarks/bench_train.py`` times this same function.
+    """
+    terms = batch_terms(net, rt, x, mask, loss, lmbda)
+    optimizer.zero_grad(set_to_none=True)
+    terms[0].backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return terms[0].detach(), terms[1].detach(), terms[2].detach()
+
+
+def _compile_failed(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 class Trainer:
@@ -471,29 +439,40 @@ class Trainer:
         self.source = source
         self.out = out
         self.d = dist_
-        self.dev = dist_.device
-        self.info = inspect_tile_file(resolve_tile_file(tiles))
-        info = self.info
-        if params.bands is not None and params.bands != info.bands:
-            raise UserError(f"{info.path.name}: tiles have {info.bands} bands but params ask for "
-                            f"bands={params.bands}")
-        if params.tile is not None and params.tile != info.tile:
-            raise UserError(f"{info.path.name}: tiles are {info.tile}x{info.tile} but params ask "
-                            f"for tile={params.tile}")
-        self.normalisation = (PAPER_NORMALISATION[source] if params.normalisation == "auto"
-                              else params.normalisation)
-        if params.loss == "bce" and self.normalisation == "zscore":
-            raise ParamsError("loss 'bce' needs tiles in [0, 1]; normalisation 'zscore' is not")
-        if params.batch_size % dist_.world:
-            raise ParamsError(f"batch_size {params.batch_size} is not divisible by the "
-                              f"{dist_.world} processes")
-        self.local_batch = params.batch_size // dist_.world
-        self.use_cuda = self.dev.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if params.precision == "bf16"
-                          or (params.precision == "auto" and self.use_cuda) else None)
-        self.channels_last = params.channels_last and self.use_cuda
+        self.rt = Runtime.create(dist_.device, params.precision, params.channels_last,
+                                 params.compile)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and dist_.main
+        self.info = self._inspect(resolve_tile_file(tiles))
+        self.local_batch = params.batch_size // dist_.world
+        self._open_data()
+        self._make_loaders()
+        self._build_model()
+        self.start_epoch = 0
+        self.best = math.inf
+        self.history: list[dict[str, float]] = []
 
+    # --- construction ---
+    def _inspect(self, path: Path) -> TileFileInfo:
+        """The tile file's shape, checked against the settings."""
+        p, info = self.p, inspect_tile_file(path)
+        if p.bands is not None and p.bands != info.bands:
+            raise UserError(f"{info.path.name}: tiles have {info.bands} bands but params ask for "
+                            f"bands={p.bands}")
+        if p.tile is not None and p.tile != info.tile:
+            raise UserError(f"{info.path.name}: tiles are {info.tile}x{info.tile} but params ask "
+                            f"for tile={p.tile}")
+        if p.batch_size % self.d.world:
+            raise ParamsError(f"batch_size {p.batch_size} is not divisible by the "
+                              f"{self.d.world} processes")
+        return info
+
+    def _open_data(self) -> None:
+        """Normalised dataset and its train/validation split (whole products held out)."""
+        p, info, d = self.p, self.info, self.d
+        self.normalisation = (PAPER_NORMALISATION[self.source] if p.normalisation == "auto"
+                              else p.normalisation)
+        if p.loss == "bce" and self.normalisation == "zscore":
+            raise ParamsError("loss 'bce' needs tiles in [0, 1]; normalisation 'zscore' is not")
         dataset = make_dataset(info.path, self.normalisation)
         normaliser = getattr(dataset, "normaliser", None)
         self.normaliser_state = (normaliser.state_dict()
@@ -503,60 +482,56 @@ class Trainer:
                                f"dataset reports {len(dataset)} tiles, file {info.count}")
         products = tile_products(info.path, info.count)
         train_idx, val_idx, self.split_desc = split_train_val(
-            products, info.count, params.val_fraction, params.seed)
+            products, info.count, p.val_fraction, p.seed)
         self.train_set = Subset(dataset, train_idx.tolist())
-        self.val_set = Subset(dataset, val_idx[dist_.rank::dist_.world].tolist())
+        self.val_set = Subset(dataset, val_idx[d.rank::d.world].tolist())
         self.n_val = len(val_idx)
-        self.sampler = DistributedSampler(self.train_set, num_replicas=dist_.world,
-                                          rank=dist_.rank, shuffle=True, seed=params.seed)
-        self.generator = torch.Generator()
-        loader_kw: dict[str, Any] = {
-            "batch_size": self.local_batch, "num_workers": params.workers,
-            "pin_memory": self.use_cuda, "worker_init_fn": _seed_worker,
-        }
-        if params.workers > 0:
-            loader_kw.update(persistent_workers=True, prefetch_factor=4)
-        self.train_loader = DataLoader(self.train_set, sampler=self.sampler,
-                                       generator=self.generator, **loader_kw)
-        self.val_loader = DataLoader(self.val_set, shuffle=False, **loader_kw)
-        self.train_cache: DeviceCache | None = None
-        self.val_cache: DeviceCache | None = None
-        if params.cache == "device":
-            plain_kw = {**loader_kw, "persistent_workers": False}
-            plain_kw.pop("prefetch_factor", None)
-            if params.workers > 0:
-                plain_kw["prefetch_factor"] = 4
-            self.train_cache = DeviceCache(self.train_set, self.dev, plain_kw, "training",
-                                           self.progress)
-            if len(self.val_set):
-                self.val_cache = DeviceCache(self.val_set, self.dev, plain_kw, "validation",
-                                             self.progress)
 
-        torch.manual_seed(params.seed)
-        self.model = build_model(arch=params.arch, bands=info.bands, tile=info.tile,
-                                 latent=params.latent, activation=params.activation,
-                                 widths=params.widths)
-        self.model.to(self.dev)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+    def _make_loaders(self) -> None:
+        """DataLoaders (and, with ``cache: device``, the tiles on the device)."""
+        p, d = self.p, self.d
+        self.sampler = DistributedSampler(self.train_set, num_replicas=d.world, rank=d.rank,
+                                          shuffle=True, seed=p.seed)
+        self.generator = torch.Generator()
+        kw: dict[str, Any] = {
+            "batch_size": self.local_batch, "num_workers": p.workers,
+            "pin_memory": self.rt.device.type == "cuda", "worker_init_fn": _seed_worker,
+        }
+        if p.workers > 0:
+            kw["prefetch_factor"] = 4
+        persist = {"persistent_workers": p.workers > 0}
+        self.train_loader = DataLoader(self.train_set, sampler=self.sampler,
+                                       generator=self.generator, **kw, **persist)
+        self.val_loader = DataLoader(self.val_set, shuffle=False, **kw, **persist)
+        self.train_cache = self.val_cache = None
+        if p.cache == "device":
+            dev = self.rt.device
+            self.train_cache = DeviceCache(self.train_set, dev, kw, "training", self.progress)
+            if len(self.val_set):
+                self.val_cache = DeviceCache(self.val_set, dev, kw, "validation", self.progress)
+
+    def _build_model(self) -> None:
+        """Model on the device (plus an entropy model for ``rate_distortion``), Adam, cosine
+        schedule over all steps, compile, DDP."""
+        p, info = self.p, self.info
+        torch.manual_seed(p.seed)
+        self.model = self.rt.prepare(build_model(
+            arch=p.arch, bands=info.bands, tile=info.tile, latent=p.latent,
+            activation=p.activation, widths=p.widths))
         self.codec: LatentCodec | None = None
         self.infer: nn.Module = self.model  # what validation runs (no DDP wrapper)
-        if params.objective == "rate_distortion":
-            self.codec = LatentCodec(self.model.latent_shape).to(self.dev)
+        if p.objective == "rate_distortion":
+            self.codec = LatentCodec(self.model.latent_shape).to(self.rt.device)
             self.infer = RateDistortionNet(self.model, self.codec)
         self.steps_per_epoch = len(self.train_loader)
-        self.optimizer = torch.optim.Adam(self.infer.parameters(), lr=params.lr)
+        self.optimizer = torch.optim.Adam(self.infer.parameters(), lr=p.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=params.epochs * self.steps_per_epoch, eta_min=0.0)
-        self.net: nn.Module = self.infer
-        if params.compile:
-            self.net.compile()  # in place, before DDP wraps it
-        if dist_.world > 1:
+            self.optimizer, T_max=p.epochs * self.steps_per_epoch, eta_min=0.0)
+        self.net: nn.Module = self.rt.compiled(self.infer)  # in place, before DDP wraps it
+        if self.d.world > 1:
+            cuda = self.rt.device.type == "cuda"
             self.net = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.dev.index] if self.use_cuda else None)
-        self.start_epoch = 0
-        self.best = math.inf
-        self.history: list[dict[str, float]] = []
+                self.net, device_ids=[self.rt.device.index] if cuda else None)
 
     # --- config & checkpoints ---
     def config(self) -> dict[str, Any]:
@@ -575,6 +550,7 @@ class Trainer:
             "stats": self.info.stats, "normaliser": self.normaliser_state,
             "metrics": self.history[-1] if self.history else {},
             "best": self.best, "params": to_dict(self.p), "torch_version": str(torch.__version__),
+            "world": self.d.world,
         }
         if self.codec is not None:
             state = finalise_state(state, self.codec)
@@ -584,16 +560,17 @@ class Trainer:
                          sampler_epoch=epoch, history=self.history)
         return state
 
-    def _barrier(self) -> None:
-        if self.d.world > 1:
-            dist.barrier()
-
     def save(self, name: str, epoch: int, full: bool = True) -> None:
         if self.d.main:
             save_checkpoint(self.out / name, self._state(epoch, full))
-        self._barrier()
+        self.d.barrier()
 
     def resume(self, path: Path) -> None:
+        """Continue from a ``last.pt`` written by any number of processes on any device.
+
+        The global batch is fixed (``batch_size`` is a resume key), so the steps per epoch,
+        the sampler's order and the cosine schedule do not depend on the process count.
+        """
         if not path.is_file():
             raise ProductError(path, "checkpoint to resume from not found")
         try:
@@ -632,7 +609,7 @@ class Trainer:
         if self.codec is None or has_codec:
             return
         n = min(8, len(self.train_set))
-        x = torch.stack([self.train_set[i][0] for i in range(n)]).to(self.dev)
+        x = self.rt.tiles(torch.stack([self.train_set[i][0] for i in range(n)]))
         with torch.no_grad():
             self.codec.init_from(self.model.encode(x))
         if self.d.world > 1:
@@ -654,99 +631,115 @@ class Trainer:
         return False
 
     # --- loop ---
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype)
+    def _batches(self, train: bool) -> Batches:
+        """(tiles, mask or None) on the device: from the cache, or read by the DataLoader."""
+        cache = self.train_cache if train else self.val_cache
+        if cache is not None:
+            order = list(iter(self.sampler)) if train else range(len(self.val_set))
+            yield from cache.batches(order, self.local_batch, self.rt)
+            return
+        for x, mask in (self.train_loader if train else self.val_loader):
+            mask = None if bool(mask.all()) else mask.to(self.rt.device, non_blocking=True)
+            yield self.rt.tiles(x), mask
 
-    def _batches(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for item in loader:
-            x, mask = item if isinstance(item, (list, tuple)) else (item, None)
-            x = x.to(self.dev, non_blocking=True)
-            if mask is not None:
-                mask = None if bool(mask.all()) else mask.to(self.dev, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, mask
+    def _mean(self, batches: Batches, step: Callable[..., Terms]) -> tuple[float, float, float]:
+        """(loss, mse, bpppc) of ``step(x, mask)`` averaged over every tile of every process."""
+        sums = torch.zeros(4, dtype=torch.float64, device=self.rt.device)
+        for x, mask in batches:
+            n = x.shape[0]
+            for i, term in enumerate(step(x, mask)):
+                sums[i] += term.double() * n
+            sums[3] += n
+        total = self.d.all_sum(sums)
+        return float(total[0] / total[3]), float(total[1] / total[3]), float(total[2] / total[3])
 
-    def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
-        if self.d.world > 1:
-            sums = sums.to(self.dev)
-            dist.all_reduce(sums)
-        return sums.cpu()
-
-    def _terms(self, net: nn.Module, x: torch.Tensor, mask: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, mse, estimated bpppc) of a batch; bpppc is 0 for the reconstruction
-        objective, whose loss is the distortion alone."""
-        with self._autocast():
-            out = net(x, logits=True)
-        logits, bits = out if isinstance(out, tuple) else (out, None)
-        loss, mse = _loss_terms(logits, x, mask, self.p.loss)
-        if bits is None:
-            return loss, mse, torch.zeros((), device=loss.device)
-        rate = bits.float().mean() / x[0].numel()
-        return self.p.lmbda * loss + rate, mse, rate
-
-    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float, float]:
+    def train_epoch(self, epoch: int, bar: Any = None) -> tuple[float, float, float]:
         self.net.train()
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.p.seed + epoch)
-        sums = torch.zeros(4, dtype=torch.float64, device=self.dev)
-        count = 0
-        if self.train_cache is not None:
-            batches = self.train_cache.batches(list(iter(self.sampler)), self.local_batch,
-                                               self.dev, self.channels_last)
-        else:
-            batches = self._batches(self.train_loader)
-        for x, mask in batches:
-            loss, mse, rate = self._terms(self.net, x, mask)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            n = x.shape[0]
-            sums[0] += loss.detach().double() * n
-            sums[1] += mse.detach().double() * n
-            sums[2] += rate.detach().double() * n
-            count += n
+
+        def step(x: torch.Tensor, mask: torch.Tensor | None) -> Terms:
             if bar is not None:
-                bar.update(n * self.d.world)
-        sums[3] = count
-        total = self._reduce(sums)
-        return tuple(float(v / total[3]) for v in total[:3])  # type: ignore[return-value]
+                bar.update(x.shape[0] * self.d.world)
+            return train_step(self.net, self.optimizer, self.scheduler, self.rt, x, mask,
+                              self.p.loss, self.p.lmbda)
+
+        return self._mean(self._batches(train=True), step)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float] | None:
         if self.n_val == 0:
             return None
         self.net.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.dev)
-        count = 0
-        if self.val_cache is not None:
-            batches = self.val_cache.batches(range(len(self.val_set)), self.local_batch,
-                                             self.dev, self.channels_last)
-        else:
-            batches = self._batches(self.val_loader)
-        for x, mask in batches:
-            # self.infer: no DDP hooks needed for inference
-            loss, mse, rate = self._terms(self.infer, x, mask)
-            n = x.shape[0]
-            sums[0] += loss.double() * n
-            sums[1] += mse.double() * n
-            sums[2] += rate.double() * n
-            count += n
-        sums[3] = count
-        total = self._reduce(sums)
-        return tuple(float(v / total[3]) for v in total[:3])  # type: ignore[return-value]
 
-    def _oom(self, exc: BaseException) -> UserError:
-        half = max(1, self.p.batch_size // 2)
-        where = f"{self.dev}" + (f" x{self.d.world}" if self.d.world > 1 else "")
+        def step(x: torch.Tensor, mask: torch.Tensor | None) -> Terms:
+            # self.infer: no DDP hooks needed for inference
+            return batch_terms(self.infer, self.rt, x, mask, self.p.loss, self.p.lmbda)
+
+        return self._mean(self._batches(train=False), step)
+
+    def _explain(self, exc: BaseException) -> UserError | None:
+        """A one-line UserError for running out of memory or a failed compile; else None."""
+        p, d, rt = self.p, self.d, self.rt
+        if _compile_failed(exc) and rt.compile:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            return UserError(f"torch.compile failed on {rt.device} ({type(exc).__name__}: "
+                             f"{first}); rerun with --no-compile")
+        if not is_out_of_memory(exc):
+            return None
+        release_cached_memory(rt.device)
+        tips = [f"--batch-size {max(d.world, p.batch_size // 2 // d.world * d.world)}"]
+        tips += ["--precision bf16"] if rt.amp_dtype is None else []
+        tips += ["--cache none"] if p.cache == "device" else []
+        tips += ["more GPUs (torchrun)" if rt.device.type == "cuda" else "more memory"]
+        where = f"{rt.device}" + (f" x{d.world}" if d.world > 1 else "")
         return UserError(
-            f"out of memory on {where} at batch size {self.p.batch_size} ({self.local_batch} per "
+            f"out of memory on {where} at batch size {p.batch_size} ({self.local_batch} per "
             f"process, {self.info.bands}x{self.info.tile}x{self.info.tile} tiles, arch "
-            f"{self.p.arch}); try --batch-size {half}, bf16 (--precision bf16) or more GPUs")
+            f"{p.arch}, {rt.precision}); try {', '.join(tips[:-1])} or {tips[-1]}")
+
+    def run_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
+        """Train and validate one epoch; the epoch's metrics (appended to the history)."""
+        t0 = time.perf_counter()
+        try:
+            train_loss, train_mse, train_rate = self.train_epoch(epoch, bar)
+            train_seconds = time.perf_counter() - t0
+            val = self.validate()
+        except Exception as exc:
+            problem = self._explain(exc)
+            if problem is None:
+                raise
+            raise problem from None
+        last = {"epoch": epoch + 1, "train_loss": train_loss, "train_psnr": _psnr(train_mse),
+                "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+                "tiles_per_s": len(self.train_set) / max(train_seconds, 1e-9)}
+        if val is not None:
+            last.update(val_loss=val[0], val_psnr=_psnr(val[1]))
+        if self.codec is not None:
+            last["train_bpppc"] = train_rate
+            if val is not None:
+                last["val_bpppc"] = val[2]
+        self.history.append(last)
+        return last
+
+    def _log(self, live: Any, last: dict[str, float], bar: Any) -> None:
+        """Rank 0: DVCLive metrics and one line per epoch."""
+        live.step = int(last["epoch"]) - 1
+        for key, name in (("train_loss", "train/loss"), ("train_psnr", "train/psnr"),
+                          ("val_loss", "val/loss"), ("val_psnr", "val/psnr"),
+                          ("train_bpppc", "train/bpppc"), ("val_bpppc", "val/bpppc"),
+                          ("lr", "lr")):
+            if key in last:
+                live.log_metric(name, last[key])
+        live.next_step()
+        msg = (f"epoch {int(last['epoch'])}/{self.p.epochs}: train loss "
+               f"{last['train_loss']:.6f} psnr {last['train_psnr']:.2f} dB")
+        if "val_loss" in last:
+            msg += f" | val loss {last['val_loss']:.6f} psnr {last['val_psnr']:.2f} dB"
+        if "train_bpppc" in last:
+            msg += f" {last.get('val_bpppc', last['train_bpppc']):.4f} bpppc (estimated)"
+        msg += f" | {last['tiles_per_s']:.1f} tiles/s"
+        (bar.write if bar is not None else print)(msg)
 
     def fit(self, live: Any, stop_after: int | None = None) -> dict[str, float]:
         p = self.p
@@ -760,47 +753,11 @@ class Trainer:
         last: dict[str, float] = self.history[-1] if self.history else {}
         try:
             for epoch in range(self.start_epoch, p.epochs):
-                t0 = time.perf_counter()
-                try:
-                    train_loss, train_mse, train_rate = self.train_epoch(epoch, bar)
-                    train_seconds = time.perf_counter() - t0
-                    val = self.validate()
-                except torch.cuda.OutOfMemoryError as exc:
-                    raise self._oom(exc) from None
-                except RuntimeError as exc:
-                    if "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
-                        raise self._oom(exc) from None
-                    raise
-                seconds = time.perf_counter() - t0
-                done = epoch + 1
-                last = {"epoch": done, "train_loss": train_loss, "train_psnr": _psnr(train_mse),
-                        "lr": self.scheduler.get_last_lr()[0], "seconds": seconds,
-                        "tiles_per_s": len(self.train_set) / max(train_seconds, 1e-9)}
-                if val is not None:
-                    last.update(val_loss=val[0], val_psnr=_psnr(val[1]))
-                if self.codec is not None:
-                    last["train_bpppc"] = train_rate
-                    if val is not None:
-                        last["val_bpppc"] = val[2]
-                self.history.append(last)
-                score = last.get("val_loss", train_loss)
+                last = self.run_epoch(epoch, bar)
                 if self.d.main:
-                    live.step = epoch
-                    for key, name in (("train_loss", "train/loss"), ("train_psnr", "train/psnr"),
-                                      ("val_loss", "val/loss"), ("val_psnr", "val/psnr"),
-                                      ("train_bpppc", "train/bpppc"),
-                                      ("val_bpppc", "val/bpppc"), ("lr", "lr")):
-                        if key in last:
-                            live.log_metric(name, last[key])
-                    live.next_step()
-                    msg = (f"epoch {done}/{p.epochs}: train loss {train_loss:.6f} psnr "
-                           f"{last['train_psnr']:.2f} dB")
-                    if val is not None:
-                        msg += f" | val loss {last['val_loss']:.6f} psnr {last['val_psnr']:.2f} dB"
-                    if self.codec is not None:
-                        msg += f" {last.get('val_bpppc', train_rate):.4f} bpppc (estimated)"
-                    msg += f" | {last['tiles_per_s']:.1f} tiles/s"
-                    (bar.write if bar is not None else print)(msg)
+                    self._log(live, last, bar)
+                done = epoch + 1
+                score = last.get("val_loss", last["train_loss"])
                 if score < self.best:
                     self.best = score
                     self.save("best.pt", done, full=False)
@@ -816,6 +773,22 @@ class Trainer:
                 bar.close()
         return last
 
+    def describe(self, resumed: bool) -> str:
+        """Three lines (model, data, run) that rank 0 prints before the first epoch."""
+        p, info, d = self.p, self.info, self.d
+        extras = [self.rt.describe()]
+        extras += ["tiles cached on the device"] if p.cache == "device" else []
+        extras += ["deterministic"] if p.deterministic else []
+        extras += [f"resuming after epoch {self.start_epoch}"] if resumed else []
+        return "\n".join([
+            self.model.describe(),
+            f"data: {info.path} {info.count} tiles ({info.bands}x{info.tile}x{info.tile}), "
+            f"normalisation {self.normalisation}, {self.split_desc}; "
+            f"train {len(self.train_set)} tiles",
+            f"run: {p.epochs} epochs, batch {p.batch_size} ({d.world} x {self.local_batch}), "
+            f"loss {p.loss}, Adam lr {p.lr}, cosine to 0; {'; '.join(extras)}",
+        ])
+
 
 def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str | None = None,
           stop_after: int | None = None, progress: bool | None = None,
@@ -827,6 +800,7 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
                           "use one of them")
     seed_everything(params.seed, params.deterministic)
     d = setup_distributed(params.device)
+    trainer = None
     try:
         trainer = Trainer(params, source, tiles, out, d, progress=progress)
         if resume is not None:
@@ -835,20 +809,7 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
             trainer.initialise(init)
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
-            amp = "bf16 autocast" if trainer.amp_dtype is not None else "fp32"
-            print(trainer.model.describe())
-            print(f"data: {trainer.info.path} {trainer.info.count} tiles "
-                  f"({trainer.info.bands}x{trainer.info.tile}x{trainer.info.tile}), "
-                  f"normalisation {trainer.normalisation}, {trainer.split_desc}; "
-                  f"train {len(trainer.train_set)} tiles")
-            print(f"run: {params.epochs} epochs, batch {params.batch_size} "
-                  f"({d.world} x {trainer.local_batch}), loss {params.loss}, Adam lr {params.lr}, "
-                  f"cosine to 0; {d.device} {amp}"
-                  f"{', channels_last' if trainer.channels_last else ''}"
-                  f"{', compiled' if params.compile else ''}"
-                  f"{', tiles cached on the device' if params.cache == 'device' else ''}"
-                  f"{', deterministic' if params.deterministic else ''}"
-                  f"{f', resuming after epoch {trainer.start_epoch}' if resume else ''}")
+            print(trainer.describe(resume is not None))
         live = (_open_live(out, resume is not None, trainer.start_epoch) if d.main
                 else _NullLive())
         if d.main and resume is None:
@@ -860,8 +821,9 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
             if d.main:
                 live.end()
     finally:
-        if d.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if trainer is not None:
+            trainer.net = trainer.model  # drop the DDP wrapper before the process group
+        teardown_distributed(d)
 
 
 @cli_entry("python -m training.train")

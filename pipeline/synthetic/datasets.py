@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,77 @@ def s2_download_dir(root: Path, n: int = 3, size: int = 96) -> Path:
         files[path.name.removesuffix(".SAFE")] = (path, {})
     write_manifest(root, "sentinel2", files)
     return root
+
+
+def write_learnable_tiles(path: Path, n: int = 64, bands: int = 4, tile: int = 8,
+                          products: int = 4, seed: int = 0) -> Path:
+    """A tiny learnable tile file in pipeline.tiles' layout: smooth low-rank radiance.
+
+    ``n`` float32 tiles (n, bands, tile, tile), products ``P0..P{products-1}`` in turn (so a
+    product split has whole products to hold out), statistics in ``attrs["stats"]``,
+    uncompressed: training tests can learn it in a few epochs on one CPU thread.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:tile, 0:tile] / tile
+    spectra = np.stack([np.linspace(1, 2, bands), np.linspace(2, 0.5, bands)])  # (2, B)
+    tiles = np.empty((n, bands, tile, tile), np.float32)
+    for i in range(n):
+        a, b, c = rng.uniform(0.2, 1.0, 3)
+        spatial = np.stack([a + b * xx, c * (1 - yy)])  # (2, H, W)
+        tiles[i] = 20 * np.einsum("kb,khw->bhw", spectra, spatial)
+        tiles[i] += rng.normal(0, 0.05, tiles[i].shape)
+    lo, hi = tiles.min(axis=(0, 2, 3)).tolist(), tiles.max(axis=(0, 2, 3)).tolist()
+    stats = {"source": "virtis", "products": [f"P{k}" for k in range(products)], "bands": bands,
+             "count": int(tiles.size // bands), "min": lo, "max": hi,
+             "mean": tiles.mean(axis=(0, 2, 3)).tolist(), "std": tiles.std(axis=(0, 2, 3)).tolist(),
+             "percentiles": {"0.1": lo, "99.9": hi}}
+    index = np.zeros(n, dtype=[("product_id", "S32"), ("line0", "<i4"), ("sample0", "<i4")])
+    index["product_id"] = [f"P{i % products}".encode() for i in range(n)]
+    index["line0"] = np.arange(n) * tile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("tiles", data=tiles, chunks=(1, bands, tile, tile))
+        f.create_dataset("index", data=index)
+        f.attrs["source"] = "virtis"
+        f.attrs["stats"] = json.dumps(stats)
+    return path
+
+
+def write_stage_like_tiles(path: Path, source: str, n: int, bands: int | None = None,
+                           size: int | None = None, compression: str = "blosc2-zstd") -> Path:
+    """A tile file as the tiles stage writes it (TileWriter layout, filters, fletcher32,
+    statistics), with synthetic content: smooth spectra times a random brightness plus noise.
+
+    Defaults are the paper's shapes: VIRTIS float32 432x64x64, Sentinel-2 uint16 9x48x48
+    with a validity mask. ``n`` tiles in products of 64 (``P0``, ``P1``, ...).
+    """
+    from pipeline.tiles import TileWriter
+
+    rng = np.random.default_rng(0)
+    virtis = source == "virtis"
+    bands = bands or (432 if virtis else 9)
+    size = size or (64 if virtis else 48)
+    dtype = np.dtype(np.float32 if virtis else np.uint16)
+    spectrum = np.linspace(1.0, 2.0, bands, dtype=np.float32)[:, None, None]
+    lo, hi = [], []
+    with TileWriter(path, bands=bands, size=size, dtype=dtype, id_length=16,
+                    with_mask=not virtis, compression=compression) as w:
+        for start in range(0, n, 16):
+            k = min(16, n - start)
+            base = rng.uniform(0.2, 1.0, (k, 1, size, size)).astype(np.float32)
+            noise = rng.normal(0, 0.01, (k, bands, size, size)).astype(np.float32)
+            tiles = ((base * spectrum + noise) * (100 if virtis else 3000)).astype(dtype)
+            lo.append(tiles.min(axis=(0, 2, 3)))
+            hi.append(tiles.max(axis=(0, 2, 3)))
+            masks = None if virtis else np.ones((k, size, size), bool)
+            w.append(f"P{start // 64}", tiles, [(0, 0)] * k, np.zeros(k, np.float32), masks)
+        mn = np.min(lo, axis=0).astype(float).tolist()
+        mx = np.max(hi, axis=0).astype(float).tolist()
+        stats = {"source": source, "products": [], "bands": bands, "count": n * size * size,
+                 "min": mn, "max": mx, "mean": mn, "std": [1.0] * bands,
+                 "percentiles": {"0.1": mn, "99.9": mx}}
+        w.file.attrs["stats"] = json.dumps(stats)
+        w.file.attrs["source"] = source
+    return path

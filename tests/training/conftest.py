@@ -1,4 +1,5 @@
-"""Fixtures of the codec tests: a tile file with NaN and a tiny rate-distortion checkpoint."""
+"""Fixtures of the training tests: tiny learnable tile files, a quiet single-thread CPU, and
+for the codec tests a tile file with NaN and a tiny rate-distortion checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +9,26 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.synthetic.datasets import write_learnable_tiles
 from tests.training.rd_helpers import rd_checkpoint, smooth_cube, write_tile_file
+
+
+@pytest.fixture
+def tiles_dir(tmp_path: Path) -> Path:
+    """``tmp_path/tiles`` holding ``train.h5``: 64 learnable 4x8x8 tiles of 4 products."""
+    write_learnable_tiles(tmp_path / "tiles" / "train.h5")
+    return tmp_path / "tiles"
+
+
+@pytest.fixture
+def one_cpu_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster.
+    Runs in tmp_path so that DVCLive does not open the project's own DVC/git repository."""
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
