@@ -4,14 +4,16 @@
     python benchmarks/bench_train.py --quick              # a few steps, small sizes (smoke check)
     python benchmarks/bench_train.py --device cpu --cpu-batch 8
 
-1. Train step (forward, BCE-with-logits loss in float32, backward, Adam step), on random
-   [0, 1] tiles already on the device, for the paper's models: Sentinel-2 linear
-   9x48x48 -> 1000 and VIRTIS conv 432x64x64 -> 1024x8x8 (plus VIRTIS linear -> 10000 on
-   the GPU). On CUDA at batch ``--batch`` (default 128): fp32 vs bf16 autocast, each with
-   torch.compile off/on, channels-last; the TF32 setting is left at PyTorch's default (off).
-   On CPU at ``--cpu-batch`` (fp32, no compile) for reference.
+1. Train step: :func:`training.train.train_step` itself (forward, BCE-with-logits loss in
+   float32, backward, Adam step), on random [0, 1] tiles already on the device, for the
+   paper's models: Sentinel-2 linear 9x48x48 -> 1000 and VIRTIS conv 432x64x64 -> 1024x8x8
+   (plus VIRTIS linear -> 10000 on the GPU). On CUDA at batch ``--batch`` (default 128):
+   fp32 vs bf16 autocast, each with torch.compile off/on; channels-last on every device; the
+   TF32 setting is left at PyTorch's default (off). On CPU at ``--cpu-batch`` (fp32, no
+   compile) for reference.
 2. DataLoader alone: a tile file written with ``pipeline.tiles.TileWriter`` (Blosc2-zstd +
-   fletcher32, one chunk per tile, as the tiles stage writes it), read through
+   fletcher32, one chunk per tile, as the tiles stage writes it; uncompressed where
+   hdf5plugin is missing), read through
    ``training.data.TileDataset`` with ``--workers`` workers (pinned memory on CUDA) at the
    same batch size. If the loader's tiles/s exceeds the train step's, data loading is not the
    bottleneck.
@@ -33,11 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from pipeline.synthetic.datasets import write_stage_like_tiles  # noqa: E402
+from training.device import Runtime  # noqa: E402
 from training.models import PAPER_VARIANTS, build_model, count_parameters  # noqa: E402
+from training.train import train_step  # noqa: E402
 
 CASES = {
     "sentinel2": "sentinel2-linear-1000",
@@ -62,34 +65,27 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_step(variant: str, device: torch.device, batch: int, bf16: bool, compile_: bool,
-               steps: int, warmup: int) -> dict:
-    """Median tiles/s of full training steps on synthetic device-resident tiles."""
-    kw = PAPER_VARIANTS[variant]
+               steps: int, warmup: int, model_kw: dict | None = None) -> dict:
+    """Median tiles/s of :func:`training.train.train_step` on device-resident random tiles.
+
+    ``model_kw`` (build_model keyword arguments) defaults to the paper variant's; channels-last
+    as in training. Peak memory is the CUDA allocator's high-water mark (None on the CPU).
+    """
+    kw = model_kw or PAPER_VARIANTS[variant]
     torch.manual_seed(0)
-    model = build_model(**kw).to(device)
-    cl = device.type == "cuda"
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    if compile_:
-        model.compile()
+    rt = Runtime.create(device, "bf16" if bf16 else "fp32", channels_last=True,
+                        compile=compile_)
+    model = rt.compiled(rt.prepare(build_model(**kw)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.rand(batch, kw["bands"], kw["tile"], kw["tile"], device=device)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
-           else torch.autocast(device_type=device.type, enabled=False))
+    x = rt.tiles(torch.rand(batch, kw["bands"], kw["tile"], kw["tile"]))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     t_first = time.perf_counter()
+    first = 0.0
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        with amp:
-            logits = model(x, logits=True)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, None, rt, x, None, "bce")
         _sync(device)
         if i == 0:
             first = time.perf_counter() - t_first
@@ -99,72 +95,59 @@ def bench_step(variant: str, device: torch.device, batch: int, bf16: bool, compi
     out = {"variant": variant, "device": str(device), "batch": batch,
            "precision": "bf16" if bf16 else "fp32", "compile": compile_,
            "params": count_parameters(model)["total"], "step_ms": med * 1e3,
-           "tiles_per_s": batch / med, "first_step_s": first}
-    if device.type == "cuda":
-        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+           "tiles_per_s": batch / med, "first_step_s": first,
+           "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                            if device.type == "cuda" else None)}
     del model, opt, x
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
 
 
-def write_tile_file(path: Path, source: str, n: int) -> Path:
-    """A tile file like the tiles stage writes (synthetic content, real layout and filters)."""
-    from pipeline.tiles import TileWriter
-
-    rng = np.random.default_rng(0)
-    if source == "virtis":
-        bands, size, dtype, mask = 432, 64, np.float32, False
-    else:
-        bands, size, dtype, mask = 9, 48, np.uint16, True
-    spectrum = np.linspace(1.0, 2.0, bands, dtype=np.float32)[:, None, None]
-    lo, hi = [], []
-    with TileWriter(path, bands=bands, size=size, dtype=np.dtype(dtype), id_length=16,
-                    with_mask=mask) as w:
-        for start in range(0, n, 16):
-            k = min(16, n - start)
-            base = rng.uniform(0.2, 1.0, (k, 1, size, size)).astype(np.float32)
-            noise = rng.normal(0, 0.01, (k, bands, size, size)).astype(np.float32)
-            tiles = (base * spectrum + noise) * (100 if source == "virtis" else 3000)
-            tiles = tiles.astype(dtype)
-            lo.append(tiles.min(axis=(0, 2, 3)))
-            hi.append(tiles.max(axis=(0, 2, 3)))
-            masks = np.ones((k, size, size), bool) if mask else None
-            w.append(f"P{start // 64}", tiles, [(0, 0)] * k, np.zeros(k, np.float32), masks)
-        mn = np.min(lo, axis=0).astype(float).tolist()
-        mx = np.max(hi, axis=0).astype(float).tolist()
-        stats = {"source": source, "products": [], "bands": bands, "count": n * size * size,
-                 "min": mn, "max": mx, "mean": mn, "std": [1.0] * bands,
-                 "percentiles": {"0.1": mn, "99.9": mx}}
-        w.file.attrs["stats"] = json.dumps(stats)
-        w.file.attrs["source"] = source
-    return path
+def loader_compression() -> str:
+    """Blosc2-zstd as the tiles stage writes, or no compression where hdf5plugin is missing."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        return "none"
+    return "blosc2-zstd"
 
 
-def bench_loader(source: str, n: int, batch: int, workers: int, epochs: int,
-                 pin: bool) -> dict:
+def time_loader(path: Path, source: str, batch: int, workers: int, epochs: int,
+                pin: bool) -> float:
+    """Median tiles/s of a DataLoader over ``training.data.TileDataset`` (normalise + mask),
+    after one warm-up epoch (page cache, worker start)."""
     from torch.utils.data import DataLoader
 
     from training.data import TileDataset
 
+    norm = "paper_minmax" if source == "virtis" else "global_max"
+    ds = TileDataset(path, normalisation=norm, return_mask=True)
+    kw = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                        pin_memory=pin, **kw)
+    rates = []
+    for epoch in range(epochs + 1):
+        t0 = time.perf_counter()
+        count = 0
+        for x, _ in loader:
+            count += x.shape[0]
+        if epoch:
+            rates.append(count / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def bench_loader(source: str, n: int, batch: int, workers: int, epochs: int,
+                 pin: bool) -> dict:
+    compression = loader_compression()
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_tile_file(Path(tmp) / "train.h5", source, n)
-        norm = "paper_minmax" if source == "virtis" else "global_max"
-        ds = TileDataset(path, normalisation=norm, return_mask=True)
-        kw = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
-        loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                            pin_memory=pin, **kw)
-        rates = []
-        for epoch in range(epochs + 1):  # epoch 0 warms the page cache and the workers
-            t0 = time.perf_counter()
-            count = 0
-            for x, _ in loader:
-                count += x.shape[0]
-            if epoch:
-                rates.append(count / (time.perf_counter() - t0))
+        path = write_stage_like_tiles(Path(tmp) / "train.h5", source, n,
+                                      compression=compression)
+        rate = time_loader(path, source, batch, workers, epochs, pin)
         size = os.path.getsize(path)
     return {"source": source, "tiles": n, "batch": batch, "workers": workers,
-            "pin_memory": pin, "file_mb": size / 1e6, "tiles_per_s": statistics.median(rates)}
+            "pin_memory": pin, "file_mb": size / 1e6, "compression": compression,
+            "tiles_per_s": rate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list] = {"train_step": [], "loader": []}
 
     def show(r: dict) -> None:
-        extra = f", peak {r['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in r else ""
+        extra = f", peak {r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] else ""
         print(f"  {r['variant']:<22} {r['device']:<6} batch {r['batch']:>3} {r['precision']} "
               f"compile={'on ' if r['compile'] else 'off'}: {r['tiles_per_s']:9.1f} tiles/s "
               f"({r['step_ms']:.1f} ms/step, first step {r['first_step_s']:.1f} s{extra})",
@@ -225,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in sorted({0, args.workers}):
             r = bench_loader(source, n, loader_batch, workers, 1 if args.quick else 3, cuda)
             print(f"  DataLoader {source:<9} {r['tiles']} tiles ({r['file_mb']:.0f} MB "
-                  f"blosc2), batch {r['batch']}, {workers} workers: "
+                  f"{r['compression']}), batch {r['batch']}, {workers} workers: "
                   f"{r['tiles_per_s']:9.1f} tiles/s", flush=True)
             results["loader"].append(r)
     if args.json:
