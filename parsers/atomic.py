@@ -133,8 +133,9 @@ def atomic_path(
 
     Use it with libraries that write by file name (h5py, numpy, torch, matplotlib).
     ``suffix`` defaults to the destination's own suffix, because some writers choose the
-    format from the extension. ``needed`` (bytes, or a function of the temporary path)
-    sizes the message of the :class:`DiskFullError` raised when the disk fills up.
+    format from the extension. ``needed`` (an estimate of the output's size in bytes, or a
+    function of the temporary path giving one) sizes the message of the
+    :class:`DiskFullError` raised when the disk fills up.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -152,12 +153,14 @@ def atomic_path(
         os.chmod(tmp, 0o666 & ~_UMASK)
         durable_replace(tmp, dest)
     except BaseException as exc:
-        written = tmp.stat().st_size if tmp.exists() else None
+        full = isinstance(exc, Exception) and not isinstance(exc, UserError) \
+            and is_disk_full(exc)
+        written = tmp.stat().st_size if full and tmp.exists() else None
+        size = (needed(tmp) if callable(needed) else needed) if full else None
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, Exception) and not isinstance(exc, UserError) and is_disk_full(exc):
-            size = needed(tmp) if callable(needed) else needed
-            raise DiskFullError(dest, exc, needed=size, written=written) from None
+        if full:
+            raise DiskFullError(dest, exc, needed=size, estimate=True, written=written) from None
         raise
 
 
@@ -209,9 +212,11 @@ class GuardedFile:
         self.path = Path(path)
         self._raw = open(self.path, "w+b", buffering=0)  # noqa: SIM115 (closed by close())
         self.error: OSError | None = None
+        self.wanted = 0  # the size the file would have if no write had been refused
 
     def write(self, data: bytes) -> int:
         n = memoryview(data).nbytes
+        self.wanted = max(self.wanted, self._raw.tell() + n)
         if self.error is None:
             try:
                 return self._raw.write(data)
@@ -222,6 +227,8 @@ class GuardedFile:
         return n
 
     def truncate(self, size: int | None = None) -> int:
+        if size is not None:
+            self.wanted = size
         try:
             return self._raw.truncate(size)
         except OSError as exc:

@@ -11,6 +11,7 @@ Bugs still show a traceback, on purpose.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import signal
@@ -18,6 +19,9 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -90,7 +94,12 @@ def run_main(
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
-        return int(func(argv) or 0)
+        with contextlib.ExitStack() as held:
+            token = _HELD.set(held)
+            try:
+                return int(func(argv) or 0)
+            finally:
+                _HELD.reset(token)
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -104,6 +113,19 @@ def run_main(
         return EXIT_OK
     finally:
         warnings.showwarning = previous
+
+
+_HELD: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
+    "held_for_this_run", default=None)
+
+
+def hold_for_this_run(context: contextlib.AbstractContextManager[T]) -> T:
+    """Enter ``context`` until the running ``main`` (a :func:`cli_entry` call) returns or
+    raises; e.g. the lock of a stage's output (:func:`parsers.locks.lock_output`)."""
+    held = _HELD.get()
+    if held is None:
+        raise RuntimeError("hold_for_this_run() needs a main() decorated with cli_entry")
+    return held.enter_context(context)
 
 
 def cli_entry(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable]:

@@ -3,6 +3,8 @@
     with output_lock("data/tiles/virtis", "python -m pipeline.tiles"):
         ...  # write data/tiles/virtis
 
+    lock_output(args.out, PROG)  # in a stage's main(): held until main returns
+
 The lock is the file ``OUTPUT.lock`` beside the output (``data/tiles/virtis.lock``). The holder
 keeps an exclusive ``flock`` on it and writes one JSON line into it: PID, host, start time and
 command. A second run on the same output (another shell, another cluster job) waits up to
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parsers.atomic import remove_stale_temporaries
-from parsers.errors import UserError
+from parsers.errors import UserError, hold_for_this_run
 
 LOCK_SUFFIX = ".lock"
 WAIT_ENV = "SSCNET_LOCK_WAIT"
@@ -202,3 +204,12 @@ def output_lock(
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # before the flock goes, so a waiter never locks a dead file
         os.close(fd)
+
+
+def lock_output(output: str | os.PathLike[str], command: str) -> Holder:
+    """Take the lock of ``output`` until the running ``main`` returns (see the module doc).
+
+    Every stage calls this in its ``main`` before it writes anything. Under ``torchrun`` only
+    rank 0 writes, so only rank 0 should call it.
+    """
+    return hold_for_this_run(output_lock(output, command))

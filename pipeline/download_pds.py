@@ -42,6 +42,7 @@ import requests
 
 from parsers import pds3, virtis
 from parsers.errors import ProductError, UserError, cli_entry, reason
+from parsers.locks import lock_output
 from parsers.pds3_label import parse_label_text, read_label
 from parsers.pds3_table import TableLayout, read_rows, table_layout
 from pipeline.fetch import (
@@ -873,6 +874,8 @@ def load_params(args: argparse.Namespace) -> DownloadPdsParams:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     params = load_params(args)
+    if not args.dry_run:
+        lock_output(params.out, PROG)
     report = run(params, dry_run=args.dry_run, progress=False if args.no_progress else None,
                  rebase_to=args.base_url)
     if args.dry_run:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from parsers.errors import EXIT_OK, ParamsError, UserError, cli_entry
+from parsers.locks import lock_output
 from parsers.sentinel2 import DEFAULT_BANDS, Sentinel2Settings, check_bands
 from pipeline import manifest as mf
 from pipeline.params import DEFAULT_PARAMS, from_dict, load_section
@@ -390,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_section(DownloadSentinel2Params, "download_sentinel2", params_path,
                                 overrides)
     bands = load_bands(params_path)
+    lock_output(settings.out, PROG)
     summary = run(settings, bands, args.locked)
     print(summary.line(settings.backend), file=sys.stderr)
     return EXIT_OK

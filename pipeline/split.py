@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
+from parsers.locks import lock_output
 from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section
 from pipeline.products import ProductRef, check_source, list_products
 
@@ -226,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SplitParams, "split", args.params,
         {"seed": args.seed, "test_fraction": args.test_fraction},
     )
+    lock_output(args.out, "python -m pipeline.split")
     virtis = args.source == "virtis"  # kinds/channels are VIRTIS metadata
     products = list_products(args.products, args.source, params.kinds if virtis else None,
                              params.channels if virtis else None)

@@ -44,6 +44,7 @@ import numpy as np
 
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
+from parsers.locks import lock_output
 from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
 from pipeline.schedulers import check_scheduler, connect, local_compute_kwargs
 
@@ -598,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StatsParams, "stats", args.params,
         {"scheduler": args.scheduler, "workers": args.workers},
     )
+    lock_output(args.out, "python -m pipeline.stats")
     options = reader_options(args.source, args.params)
     split = read_split(args.split, args.source)
     refs = split.train

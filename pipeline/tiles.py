@@ -54,8 +54,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from parsers.atomic import atomic_path
+from parsers.atomic import GuardedFile, atomic_path
 from parsers.errors import UserError, cli_entry
+from parsers.locks import lock_output
 from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
 from pipeline.products import Product, ProductRef, open_product, reader_options
 from pipeline.schedulers import check_scheduler, ordered_map
@@ -373,12 +374,16 @@ def software_version() -> str:
 
 
 class TileWriter:
-    """Append tiles to a new HDF5 file; atomic (temp name, renamed when closed without error)."""
+    """Append tiles to a new HDF5 file; atomic (temp name, renamed when closed without error).
+
+    A full disk raises :class:`parsers.atomic.DiskFullError` (the temporary file is removed;
+    with ``products``, the count of products to come, it estimates the bytes needed).
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], *, bands: int, size: int, dtype: np.dtype,
         id_length: int, with_mask: bool, compression: str = "blosc2-lz4", level: int = 5,
-        shuffle: str = "bit",
+        shuffle: str = "bit", products: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.layout = TileLayout(bands, size, np.dtype(dtype).str, with_mask, compression,
@@ -390,15 +395,32 @@ class TileWriter:
         self.n = 0
         self._ctx = None
         self.file = None
+        self._guard: GuardedFile | None = None
+        self._products = products
+        self._seen: list[str] = []  # product ids in append order
+        self._closing = False
+
+    def _needed(self, tmp: Path) -> int | None:
+        """Bytes the whole file needs: what HDF5 wrote (or tried to) when the file is
+        complete, else that extrapolated from the products written completely."""
+        wanted = self._guard.wanted if self._guard is not None else 0
+        if self._closing:
+            return wanted or None
+        done = len(self._seen) - 1
+        if not self._products or done < 1:
+            return None
+        return int(wanted * self._products / done)
 
     def __enter__(self) -> TileWriter:
         import h5py
 
-        self._ctx = atomic_path(self.path)
+        self._ctx = atomic_path(self.path, needed=self._needed)
         tmp = self._ctx.__enter__()
         try:
+            # HDF5 crashes closing a file whose write failed: GuardedFile keeps it alive.
+            self._guard = GuardedFile(tmp)
             # libver v110+: attributes larger than 64 KiB (432-band statistics as JSON).
-            self.file = h5py.File(tmp, "w", libver=("v110", "latest"))
+            self.file = h5py.File(self._guard, "w", libver=("v110", "latest"))
             specs = self.layout.datasets()
             self.tiles = self.file.create_dataset("tiles", **specs["tiles"])
             self.index = self.file.create_dataset(
@@ -445,6 +467,7 @@ class TileWriter:
         self.tiles[a:a + k] = tiles.astype(self.dtype, copy=False)
         if self.valid is not None:
             self.valid[a:a + k] = masks if masks is not None else True
+        self._written(product_id)
 
     def append_block(self, block: TileBlock) -> None:
         """Append a task's tiles as the stored chunk bytes it made (no compression here)."""
@@ -457,10 +480,23 @@ class TileWriter:
             zeros = (0,) * (ds.ndim - 1)
             for i, chunk in enumerate(block.chunks[name]):
                 ds.id.write_direct_chunk((a + i, *zeros), chunk)
+        self._written(block.product_id)
+
+    def _written(self, product_id: str) -> None:
+        if not self._seen or self._seen[-1] != product_id:
+            self._seen.append(product_id)
+        self._guard.check()  # stop at the first write the disk refused
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            self.file.close()
+            self._closing = True
+            try:
+                self.file.close()
+                self._guard.close()
+                self._guard.check()
+            except Exception as err:
+                self._abort(type(err), err, err.__traceback__)
+                raise
             self._ctx.__exit__(None, None, None)
             return False
         self._abort(exc_type, exc, tb)
@@ -470,6 +506,8 @@ class TileWriter:
         if self.file is not None:
             with contextlib.suppress(Exception):  # the original error matters, not this one
                 self.file.close()
+        if self._guard is not None:
+            self._guard.close()
         self._ctx.__exit__(exc_type, exc, tb)
 
 
@@ -523,7 +561,7 @@ def write_split_tiles(
     with TileWriter(
         out, bands=n_bands, size=params.size, dtype=dtype, id_length=id_len,
         with_mask=source == "sentinel2", compression=params.compression,
-        level=params.compression_level, shuffle=params.shuffle,
+        level=params.compression_level, shuffle=params.shuffle, products=len(refs),
     ) as writer:
         calls = [(t, source, params, writer.layout, options, opener) for t in tasks]
         for block in ordered_map(make_tile_block, calls, params.scheduler, params.workers):
@@ -584,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_section(PARAMS_CLASS[args.source], f"tiles.{args.source}", args.params,
                           {"scheduler": args.scheduler, "workers": args.workers})
+    lock_output(args.out, "python -m pipeline.tiles")
     options = reader_options(args.source, args.params)
     split = read_split(args.split, args.source)
     stats = read_stats(args.stats)

@@ -25,6 +25,7 @@ The HDF5 file is opened lazily, once per process (DataLoader worker), never in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from parsers.errors import ProductError
+from parsers.errors import ProductError, UserError
+from pipeline.verify import tile_read_problem
 
 MODES: tuple[str, ...] = ("paper_minmax", "global_max", "robust", "zscore")
 ROBUST_PERCENTILES: tuple[str, str] = ("0.1", "99.9")
@@ -184,6 +186,38 @@ def _check_filters(path: str | os.PathLike[str], dataset: Any) -> None:
                                      "which needs the hdf5plugin package")
 
 
+def tile_file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A cheap identity of a tile file's content: sha256 of its size, attributes and tile
+    index (which products, where). A rebuilt file with other tiles gets another one."""
+    h = hashlib.sha256(str(Path(path).stat().st_size).encode())
+    with _h5py().File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+        if "index" in f:
+            h.update(np.ascontiguousarray(f["index"][()]).tobytes())
+    return h.hexdigest()
+
+
+class TileReadError(UserError):
+    """A tile HDF5 refused to read (fletcher32 mismatch, damaged chunk): names the file and
+    the tile index.
+
+    A DataLoader worker's exception reaches the main process rebuilt from one string (the
+    worker's traceback); that string is reduced to the original one-line message here, so
+    the training command still reports one line.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], index: int | None = None,
+                 cause: BaseException | None = None) -> None:
+        if index is None:  # re-raised by torch from a DataLoader worker
+            lines = [line for line in str(path).splitlines() if line.strip()]
+            last = lines[-1] if lines else str(path)
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            super().__init__(last[len(prefix):] if last.startswith(prefix) else last)
+            return
+        super().__init__(f"{path}: {tile_read_problem(index, cause or OSError('?'))}")
+
+
 def read_tile_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a tile file: counts, shapes, source, split, statistics, params."""
     with _h5py().File(path, "r") as f:
@@ -284,10 +318,14 @@ class TileDataset(Dataset):
     def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Tile ``i`` in physical units (B, H, W) and its validity mask (B, H, W)."""
         f = self._file()
-        x = f["tiles"][i]
+        try:
+            x = f["tiles"][i]
+            pixels = f["valid"][i] if "valid" in f else None
+        except OSError as exc:
+            raise TileReadError(self.path, i, exc) from None
         valid = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, dtype=bool)
-        if "valid" in f:
-            valid &= f["valid"][i][None, :, :]
+        if pixels is not None:
+            valid &= pixels[None, :, :]
         return x, valid
 
     def index(self, i: int) -> dict[str, Any]:

@@ -49,6 +49,7 @@ import torch
 from parsers.atomic import atomic_open
 from parsers.errors import ProductError, UserError, cli_entry
 from parsers.jsonsafe import json_safe
+from parsers.locks import lock_output
 from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
 from training import baselines as BL
 from training import figures
@@ -700,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.tiles.is_file():
         raise ProductError(args.tiles, "tile file not found")
     dev = resolve_device(p.device)
+    lock_output(args.out, "python -m training.evaluate")
     log = (lambda *a, **k: None) if args.quiet else print
     inp = open_inputs(args.tiles, args.checkpoint, p)
     ev = run(inp, p, dev, log)

@@ -38,8 +38,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from parsers.atomic import atomic_path
+from parsers.atomic import atomic_open
 from parsers.errors import ProductError, UserError
+from pipeline.verify import checkpoint_archive_problem
 
 Arch = Literal["linear", "conv"]
 Activation = Literal["prelu", "relu"]
@@ -314,8 +315,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (temp file + rename). ``state["model"]`` may be an
-    ``nn.Module`` (its cleaned state_dict is stored) or a state_dict."""
+    """Write a checkpoint dict atomically (temp file, fsync, rename). ``state["model"]`` may
+    be an ``nn.Module`` (its cleaned state_dict is stored) or a state_dict. A full disk
+    raises :class:`parsers.atomic.DiskFullError` and leaves the previous file in place."""
     state = dict(state)
     model = state.get("model")
     if isinstance(model, nn.Module):
@@ -324,9 +326,49 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     if model is not None:
         state["model"] = clean_state_dict(model)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_open(path, "wb", needed=_tensor_bytes(state)) as fh:
+        writer = _KeepWriteError(fh)
+        try:
+            torch.save(state, writer)
+        except RuntimeError as exc:
+            if writer.error is not None:  # libtorch hides the OSError (and its errno)
+                raise writer.error from exc
+            raise
     return path
+
+
+class _KeepWriteError:
+    """File wrapper that remembers the OSError of a failed write for :func:`save_checkpoint`."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of the tensor storages in a nested checkpoint dict (its size, give or take)."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        key = storage.data_ptr()
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
 
 
 def load_checkpoint(
@@ -341,6 +383,9 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ProductError(path, "checkpoint file not found")
+    problem = checkpoint_archive_problem(path)
+    if problem:
+        raise ProductError(path, problem)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle/zip errors: not a checkpoint of ours

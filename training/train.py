@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -51,9 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from parsers.atomic import atomic_open
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
+from parsers.locks import lock_output
 from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
+from pipeline.verify import checkpoint_archive_problem
 from training.codec import LatentCodec, RateDistortionNet, finalise_state, has_entropy_model
+from training.data import tile_file_fingerprint
 from training.device import (
     DeviceCache,
     Dist,
@@ -354,7 +359,7 @@ def _trim_dvclive_history(live_dir: Path, first_step: int) -> None:
             continue
         col = rows[0].index("step")
         keep = [rows[0]] + [r for r in rows[1:] if r and int(r[col]) < first_step]
-        with open(tsv, "w", newline="") as fh:
+        with atomic_open(tsv, "w", newline="") as fh:  # a kill here must not lose the history
             csv.writer(fh, delimiter="\t", lineterminator="\n").writerows(keep)
 
 
@@ -367,6 +372,29 @@ class _NullLive:
         return lambda *a, **k: None
 
 
+def _atomic_dvclive_files() -> None:
+    """Make DVCLive write ``metrics.json`` and ``params.yaml`` atomically.
+
+    DVCLive (3.x) rewrites both in place: a kill between truncating and writing leaves a
+    partial file under the final name, and the resumed run then fails reading it. Its two
+    writers are replaced by equivalents going through :mod:`parsers.atomic`.
+    """
+    import dvclive.live
+    from dvclive.serialize import get_yaml
+
+    def dump_json(content: Any, output_file: str, indent: int = 4, **kwargs: Any) -> None:
+        with atomic_open(output_file, "w", encoding="utf-8") as fh:
+            json.dump(content, fh, indent=indent, **kwargs)
+            fh.write("\n")
+
+    def dump_yaml(content: Any, output_file: str) -> None:
+        with atomic_open(output_file, "w", encoding="utf-8") as fh:
+            get_yaml().dump(content, fh)
+
+    dvclive.live.dump_json = dump_json
+    dvclive.live.dump_yaml = dump_yaml
+
+
 def _open_live(out: Path, resume: bool, first_step: int) -> Any:
     try:
         from dvclive import Live
@@ -374,6 +402,8 @@ def _open_live(out: Path, resume: bool, first_step: int) -> Any:
         warnings.warn("dvclive is not installed: no OUT/dvclive; the per-epoch metrics are "
                       "printed and kept in last.pt ('history')", stacklevel=2)
         return _NullLive()
+
+    _atomic_dvclive_files()
     live_dir = out / "dvclive"
     if resume:
         _trim_dvclive_history(live_dir, first_step)
@@ -551,6 +581,7 @@ class Trainer:
             "metrics": self.history[-1] if self.history else {},
             "best": self.best, "params": to_dict(self.p), "torch_version": str(torch.__version__),
             "world": self.d.world,
+            "tiles_fingerprint": self.tiles_fingerprint,
         }
         if self.codec is not None:
             state = finalise_state(state, self.codec)
@@ -565,6 +596,35 @@ class Trainer:
             save_checkpoint(self.out / name, self._state(epoch, full))
         self.d.barrier()
 
+    @functools.cached_property
+    def tiles_fingerprint(self) -> str:
+        return tile_file_fingerprint(self.info.path)
+
+    def interrupted_run(self, path: Path) -> str | None:
+        """The log line when ``path`` (OUT/last.pt) holds an unfinished run of this training
+        (same settings, same tile file content) to continue; None to start afresh."""
+        if not path.is_file():
+            return None
+        problem = checkpoint_archive_problem(path)
+        if problem:
+            warnings.warn(f"{path}: {problem}; starting afresh", stacklevel=2)
+            return None
+        try:  # mmap: only the small entries are read
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return None
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+            return None
+        old, new = ckpt.get("config") or {}, self.config()
+        done = int(ckpt.get("epoch", 0))
+        if any(json.dumps(old.get(k)) != json.dumps(new.get(k))
+               for k in (*RESUME_KEYS, "bands", "tile")) \
+                or ckpt.get("tiles_fingerprint") != self.tiles_fingerprint \
+                or not 0 < done < self.p.epochs:
+            return None
+        return (f"resuming from {path} after epoch {done} of {self.p.epochs}: an earlier run "
+                "with the same settings and tiles stopped there (delete it to start afresh)")
+
     def resume(self, path: Path) -> None:
         """Continue from a ``last.pt`` written by any number of processes on any device.
 
@@ -573,6 +633,9 @@ class Trainer:
         """
         if not path.is_file():
             raise ProductError(path, "checkpoint to resume from not found")
+        problem = checkpoint_archive_problem(path)
+        if problem:
+            raise ProductError(path, f"{problem}; cannot resume from it")
         try:
             # CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -803,6 +866,11 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
     trainer = None
     try:
         trainer = Trainer(params, source, tiles, out, d, progress=progress)
+        note = trainer.interrupted_run(out / "last.pt") if resume is None else None
+        if note is not None:
+            resume = "last"
+            if d.main:
+                print(note)
         if resume is not None:
             trainer.resume(out / "last.pt" if resume == "last" else Path(resume))
         else:
@@ -832,6 +900,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params, args.source, flag_overrides(args, TrainParams))
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise ParamsError("--stop-after-epoch must be >= 1")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
+        lock_output(args.out, "python -m training.train")
     train(params, args.source, args.tiles, args.out, resume=args.resume,
           stop_after=args.stop_after_epoch, progress=args.progress, init=args.init)
     return 0
