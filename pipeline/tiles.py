@@ -398,6 +398,7 @@ class TileWriter:
         self._guard: GuardedFile | None = None
         self._products = products
         self._seen: list[str] = []  # product ids in append order
+        self._bytes_at: list[int] = []  # file size when each product began
         self._closing = False
 
     def _needed(self, tmp: Path) -> int | None:
@@ -409,7 +410,8 @@ class TileWriter:
         done = len(self._seen) - 1
         if not self._products or done < 1:
             return None
-        return int(wanted * self._products / done)
+        header = self._bytes_at[0]
+        return int(header + (self._bytes_at[-1] - header) * self._products / done)
 
     def __enter__(self) -> TileWriter:
         import h5py
@@ -463,16 +465,18 @@ class TileWriter:
                 f"{product_id}: tiles of shape {tiles.shape[1:]}, file holds "
                 f"{(self.bands, self.size, self.size)} (products with different band counts?)"
             )
+        self._starting(product_id)
         a = self._grow(product_id, k, np.asarray(where, np.int32).reshape(-1, 2), invalid)
         self.tiles[a:a + k] = tiles.astype(self.dtype, copy=False)
         if self.valid is not None:
             self.valid[a:a + k] = masks if masks is not None else True
-        self._written(product_id)
+        self._guard.check()  # stop at the first write the disk refused
 
     def append_block(self, block: TileBlock) -> None:
         """Append a task's tiles as the stored chunk bytes it made (no compression here)."""
         if block.kept == 0:
             return
+        self._starting(block.product_id)
         a = self._grow(block.product_id, block.kept, block.where, block.invalid)
         for name, ds in (("tiles", self.tiles), ("valid", self.valid)):
             if ds is None:
@@ -480,12 +484,13 @@ class TileWriter:
             zeros = (0,) * (ds.ndim - 1)
             for i, chunk in enumerate(block.chunks[name]):
                 ds.id.write_direct_chunk((a + i, *zeros), chunk)
-        self._written(block.product_id)
+        self._guard.check()
 
-    def _written(self, product_id: str) -> None:
+    def _starting(self, product_id: str) -> None:
+        """Note where each product's tiles begin (for the size estimate of a full disk)."""
         if not self._seen or self._seen[-1] != product_id:
             self._seen.append(product_id)
-        self._guard.check()  # stop at the first write the disk refused
+            self._bytes_at.append(self._guard.wanted)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:

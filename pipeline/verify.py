@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,48 +33,14 @@ from typing import Any
 import yaml
 
 from parsers.errors import EXIT_FAILURE, EXIT_OK, UserError, cli_entry
+from parsers.integrity import checkpoint_archive_problem, tile_read_problem
 from pipeline.fetch import CHUNK_BYTES
 from pipeline.manifest import MANIFEST_NAME, Manifest
 
 PROG = "python -m pipeline.verify"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-DAMAGED_TILE = ("its stored bytes fail the fletcher32 checksum (or do not decompress): the file "
-                "is damaged; rebuild it with the tiles stage")
 
 Progress = Callable[[int], Any]
-
-
-# --- pieces the training side shares (torch-free) ------------------------------------------
-
-def tile_read_problem(index: int, exc: BaseException) -> str:
-    """The one-line problem for tile ``index`` that HDF5 refused to read."""
-    first = (str(exc).splitlines() or [type(exc).__name__])[0]
-    return f"tile {index}: {DAMAGED_TILE} (HDF5: {first})"
-
-
-def checkpoint_archive_problem(path: str | os.PathLike[str]) -> str | None:
-    """What is wrong with a checkpoint file as an archive (torch.save's zip format), or None.
-
-    Every record's CRC-32 is checked: ``torch.load`` itself does not, and loads a flipped
-    bit as a silently different weight.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            names = archive.namelist()
-    except FileNotFoundError:
-        return "not found"
-    except (zipfile.BadZipFile, EOFError):
-        return "not a readable checkpoint: truncated, damaged or not a torch.save archive"
-    except OSError as exc:
-        return f"cannot read ({exc.strerror or exc})"
-    except (zipfile.LargeZipFile, ValueError, NotImplementedError) as exc:
-        return f"damaged archive ({exc})"
-    if bad is not None:
-        return f"damaged: record {bad} fails its CRC-32 check"
-    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-        return "not a torch checkpoint (no data.pkl record)"
-    return None
 
 
 # --- hashing with one read per file ------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_disk_full_during_a_tile_write(ws: Path) -> None:
     line = error_line(proc)
     assert "error: data/tiles/virtis/train.h5: file too large after " in line, line
     needs = int(line.split("needs about ")[1].split(" bytes")[0].replace(",", ""))
-    assert abs(needs - size) < size // 20, line  # HDF5's own size of the file it wanted
+    assert size / 2 < needs < size * 2, line  # extrapolated from the products written
     assert "the previous file is untouched" in line
     assert snapshot(tiles) == before and not leftovers(ws)
 

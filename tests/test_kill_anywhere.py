@@ -35,9 +35,10 @@ import yaml
 torch = pytest.importorskip("torch")
 pytest.importorskip("rasterio")
 
+from parsers.integrity import checkpoint_archive_problem  # noqa: E402
 from parsers.locks import lock_path  # noqa: E402
 from pipeline import demo  # noqa: E402
-from pipeline.verify import check_tile_file, checkpoint_archive_problem  # noqa: E402
+from pipeline.verify import check_tile_file  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

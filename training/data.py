@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from parsers.errors import ProductError, UserError
-from pipeline.verify import tile_read_problem
+from parsers.integrity import tile_read_problem
 
 MODES: tuple[str, ...] = ("paper_minmax", "global_max", "robust", "zscore")
 ROBUST_PERCENTILES: tuple[str, str] = ("0.1", "99.9")

@@ -40,7 +40,7 @@ from torch import nn
 
 from parsers.atomic import atomic_open
 from parsers.errors import ProductError, UserError
-from pipeline.verify import checkpoint_archive_problem
+from parsers.integrity import checkpoint_archive_problem
 
 Arch = Literal["linear", "conv"]
 Activation = Literal["prelu", "relu"]

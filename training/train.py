@@ -54,9 +54,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from parsers.atomic import atomic_open
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
+from parsers.integrity import checkpoint_archive_problem
 from parsers.locks import lock_output
 from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
-from pipeline.verify import checkpoint_archive_problem
 from training.codec import LatentCodec, RateDistortionNet, finalise_state, has_entropy_model
 from training.data import tile_file_fingerprint
 from training.device import (
