@@ -566,8 +566,8 @@ def _assemble(
         finest_res = abs(opened[finest].transform.a)
         grid = _target_grid(opened[finest], target_res if finest_res > (target_res or 0) else None)
         win = _normalise_window(window, grid, labels.get(finest, finest))
-        planes = []
-        for band in bands:
+        data = np.empty((len(bands), win[2], win[3]), np.uint16)  # filled band by band
+        for i, band in enumerate(bands):
             href, index = sources[band]
             src = opened[href]
             label = labels.get(href, href)
@@ -580,8 +580,8 @@ def _assemble(
                 if plane.min(initial=0) < 0 or plane.max(initial=0) > SATURATED:
                     raise ProductError(label, f"band {band} holds values outside 0..65535")
                 plane = plane.astype(np.uint16)
-            planes.append(plane)
-        data = np.stack(planes) if planes else np.zeros((0, win[2], win[3]), np.uint16)
+            data[i] = plane
+            del plane
         scl = None
         if scl_source is not None:
             href, index = scl_source
