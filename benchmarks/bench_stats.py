@@ -9,7 +9,9 @@ big-endian float32 with special values, as the reader sees real .CAL products) a
 once to ``--workdir`` (4 distinct cubes, copied under new names up to ``--gb``). Each phase
 runs in its own process after one warm-up read of every file (so all phases read from the
 page cache, and the numbers compare computation, not the disk). Peak memory is the highest
-summed RSS of the phase's process tree (workers included), sampled every 20 ms. The
+summed RSS of the phase's process tree (workers included), sampled every 20 ms. CPU
+seconds are those of the phase's whole process tree less the start-up of an empty phase
+process; MB per CPU second is what a machine shared with other jobs distorts least. The
 ``numpy-read`` reference runs again between the other phases (``--rounds`` times in all)
 and every ratio is taken against the median of those runs, so that a change of machine
 load during the run shows as spread instead of skewing one ratio; ``os.getloadavg`` is
@@ -33,6 +35,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -124,7 +127,9 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
     load = os.getloadavg()[0]
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        if phase == "numpy-read":
+        if phase == "noop":  # start-up cost, subtracted from the CPU time of the others
+            pass
+        elif phase == "numpy-read":
             for p in paths:
                 np.fromfile(p, dtype=np.uint8)
         elif phase == "reader-read":
@@ -155,6 +160,7 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
 
 
 def run_in_child(phase: str, args: argparse.Namespace, total: int) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [sys.executable, __file__, "--phase", phase, "--gb", str(args.gb), "--lines",
          str(args.lines), "--chunk-mb", str(args.chunk_mb), "--workdir", str(args.workdir)],
@@ -162,8 +168,14 @@ def run_in_child(phase: str, args: argparse.Namespace, total: int) -> dict:
     )
     if proc.returncode != 0:
         raise SystemExit(f"{phase}: failed\n{proc.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["mb_per_s"] = total / 1e6 / res["seconds"]
+    # CPU seconds of the phase's whole process tree (workers included; process start-up
+    # and the warm-up of the tiles phase too), a figure that other jobs on the machine
+    # distort much less than the wall clock.
+    res["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    res["mb_per_cpu_s"] = total / 1e6 / res["cpu_s"]
     return res
 
 
@@ -207,16 +219,26 @@ def main(argv: list[str] | None = None) -> int:
         order.append(phase)
         if args.rounds > 1 and (i + 1) % max(1, len(phases) // (args.rounds - 1)) == 0:
             order.append("numpy-read")
+    startup_cpu = run_in_child("noop", args, total)["cpu_s"]
     results = [run_in_child(phase, args, total) for phase in order]
+    for r in results:
+        r["cpu_s"] = max(r["cpu_s"] - startup_cpu, 1e-3)
+        r["mb_per_cpu_s"] = total / 1e6 / r["cpu_s"]
+    print(f"start-up of a phase process: {startup_cpu:.2f} CPU s (subtracted)")
     ref_runs = [r["mb_per_s"] for r in results if r["phase"] == "numpy-read"]
     ref = float(np.median(ref_runs))
     print(f"numpy-read reference: median {ref:.0f} MB/s of {len(ref_runs)} runs "
           f"({', '.join(f'{v:.0f}' for v in ref_runs)})")
-    print(f"{'phase':<14} {'seconds':>8} {'MB/s':>8} {'vs numpy':>9} {'peak RSS':>10}  load")
+    cpu_ref = float(np.median([r["mb_per_cpu_s"] for r in results
+                               if r["phase"] == "numpy-read"]))
+    print(f"{'phase':<14} {'seconds':>8} {'MB/s':>8} {'vs numpy':>9} {'CPU s':>7} "
+          f"{'MB/CPU-s':>9} {'vs numpy':>9} {'peak RSS':>10}  load")
     for r in results:
         r["vs_numpy_read"] = r["mb_per_s"] / ref
+        r["cpu_vs_numpy_read"] = r["mb_per_cpu_s"] / cpu_ref
         print(f"{r['phase']:<14} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} "
-              f"{r['vs_numpy_read']:8.0%} {r['peak_rss'] / 1e6:8.0f} MB  "
+              f"{r['vs_numpy_read']:8.0%} {r['cpu_s']:7.2f} {r['mb_per_cpu_s']:9.1f} "
+              f"{r['cpu_vs_numpy_read']:8.0%} {r['peak_rss'] / 1e6:8.0f} MB  "
               f"{r['load_before']:.2f} -> {r['load_after']:.2f}")
     by = {r["phase"]: r for r in results}
     for stage in ("stats", "tiles"):

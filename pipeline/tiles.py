@@ -183,7 +183,8 @@ class ChunkEncoder:
         import h5py
 
         name = f"tiles-{os.getpid()}-{threading.get_ident()}-{next(_MEMFILES)}.h5"
-        self.file = h5py.File(name, "w", driver="core", backing_store=False)
+        self.file = h5py.File(name, "w", driver="core", backing_store=False,
+                              block_size=_MEMFILE_BLOCK)
         self.sets = {key: self.file.create_dataset(key, **kwargs)
                      for key, kwargs in layout.datasets().items()}
         self.n = 0
@@ -220,6 +221,9 @@ class ChunkEncoder:
 
 
 _MEMFILES = itertools.count()
+_MEMFILE_BLOCK = 8 << 20  # the in-memory file grows by this much at a time
+
+
 
 
 @dataclass(frozen=True)
