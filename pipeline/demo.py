@@ -80,8 +80,6 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "tiles.virtis.size": 32,           # 432 x 32 x 32 tiles
     "tiles.sentinel2.size": 48,        # the paper's 9 x 48 x 48
     "tiles.sentinel2.max_invalid_fraction": 0.5,  # the synthetic SCL is ~36 % cloud everywhere
-    "tiles.virtis.scheduler": "threads",      # a few MB: starting worker processes costs more
-    "tiles.sentinel2.scheduler": "threads",
     "train.common.epochs": 40,         # ~1 min on 2 cores: the tiny models learn something
     "train.common.lr": 1.0e-3,         # few steps: learn faster than the paper's 1e-4
     "train.common.batch_size": 8,

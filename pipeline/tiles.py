@@ -90,7 +90,7 @@ class TileParams:
     shuffle: Shuffle = "bit"
     scheduler: str = "threads"
     workers: int = 0
-    task_mb: float = 128.0
+    task_mb: float = 64.0
 
     def __post_init__(self) -> None:
         if self.size < 1 or (self.stride is not None and self.stride < 1):
