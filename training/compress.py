@@ -4,7 +4,9 @@
         [--batch-size N] [--threads N] [--device cpu|cuda|auto]
 
 INPUT is anything :func:`training.cube_io.open_input` opens: a VIRTIS product or any PDS3
-QUBE, a Sentinel-2 product, or a tile HDF5 file of ``pipeline.tiles``. The checkpoint must be
+QUBE, ENVI or GeoTIFF cube (:func:`parsers.cube.open_cube`), a Sentinel-2 product (GeoTIFF/JP2
+files are read as Sentinel-2 when the model is a Sentinel-2 model), or a tile HDF5 file of
+``pipeline.tiles``. The checkpoint must be
 a finalised rate-distortion checkpoint (``best.pt`` of ``training.train`` with ``objective:
 rate_distortion``).
 
@@ -154,7 +156,8 @@ def compress(input_path: str | Path, codec: Codec, out: str | Path,
     """Compress ``input_path`` into ``out`` (written atomically); see the module docstring."""
     input_path, out = Path(input_path), Path(out)
     names = (codec.ckpt.get("stats") or {}).get("band_names")
-    cube = open_input(input_path, band_names=names)
+    is_s2 = codec.ckpt["config"].get("source") == "sentinel2"
+    cube = open_input(input_path, band_names=names, sentinel2=is_s2)
     try:
         _check_fit(codec, cube)
         with atomic_open(out) as fh:

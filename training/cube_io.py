@@ -4,15 +4,13 @@ Inputs (:func:`open_input`), each a (bands, lines, samples) cube read in blocks 
 tile file read in blocks of tiles:
 
 * a tile HDF5 file of :mod:`pipeline.tiles` (``tiles`` (N, B, H, W)): kind ``"tiles"``;
-* a VIRTIS product (:func:`parsers.virtis.read`) or any PDS3 QUBE (:func:`parsers.pds3.read`):
-  float32 with NaN where the label's special values were;
-* a Sentinel-2 product (:func:`parsers.sentinel2.read`: SAFE folder/zip, band folder,
-  multi-band GeoTIFF): uint16, 0 = no data.
+* a Sentinel-2 product (:func:`parsers.sentinel2.read`: SAFE folder/zip, band folder, and a
+  multi-band GeoTIFF/JP2 when the model is a Sentinel-2 model): uint16, 0 = no data;
+* any cube :func:`parsers.cube.open_cube` opens (VIRTIS and other PDS3 QUBEs, ENVI,
+  GeoTIFF): float32 with NaN where the reader found special or no-data values.
 
 The invalid mask is exact: NaN or infinite for float cubes, the no-data value 0 for integer
 cubes (per value, so a pixel that is 0 in one band only keeps its other bands).
-:func:`open_input` is the one dispatching function; it is meant to be replaced by the
-generic opener of issue 13 (``parsers.cube.open_cube``) when that exists.
 
 Outputs (:func:`open_output`): ``.npy`` (a memory-mapped array written window by window),
 ``.h5`` (dataset ``cube`` or ``tiles``, wavelengths and band names as attributes) and
@@ -34,7 +32,8 @@ from parsers.atomic import atomic_path
 from parsers.errors import ProductError, UserError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-S2_SUFFIXES = (".zip", ".tif", ".tiff", ".jp2", ".safe")
+S2_PRODUCT_SUFFIXES = (".zip", ".safe")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 
 
 @dataclass
@@ -89,20 +88,23 @@ def _is_hdf5(path: Path) -> bool:
         return fh.read(8) == HDF5_SIGNATURE
 
 
-def open_input(path: str | os.PathLike[str], band_names: Sequence[str] | None = None
-               ) -> InputCube:
+def open_input(path: str | os.PathLike[str], band_names: Sequence[str] | None = None,
+               sentinel2: bool = False) -> InputCube:
     """Open anything the readers open (see the module docstring); ProductError otherwise.
 
-    ``band_names``: Sentinel-2 bands to read, in order (default the reader's nine bands).
+    ``sentinel2``: read GeoTIFF/JP2 files as Sentinel-2 products (uint16, band names);
+    ``band_names``: the Sentinel-2 bands to read, in order (default the reader's nine).
     """
     path = Path(path)
     if not path.exists():
         raise ProductError(path, "no such file or folder")
     if _is_hdf5(path):
         return _open_tiles(path)
-    if path.is_dir() or path.suffix.lower() in S2_SUFFIXES:
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix in S2_PRODUCT_SUFFIXES or (sentinel2 and
+                                                          suffix in RASTER_SUFFIXES):
         return _open_sentinel2(path, band_names)
-    return _open_pds3(path)
+    return _open_cube(path)
 
 
 def _open_tiles(path: Path) -> InputCube:
@@ -139,21 +141,17 @@ def _names(value: Any) -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, list) else None
 
 
-def _open_pds3(path: Path) -> InputCube:
-    from parsers import pds3, virtis
+def _open_cube(path: Path) -> InputCube:
+    from parsers import pds3
+    from parsers.cube import detect_format, open_cube
 
-    try:
-        cube: Any = virtis.read(path)
-        reader = "parsers.virtis"
-    except ProductError as exc:
-        if "not a VIRTIS product" not in exc.problem:
-            raise
-        cube, reader = pds3.read(path), "parsers.pds3"
-    item = cube.core_dtype
-    bits = 32 if item is pds3.VAX_F else 8 * item.itemsize
+    fmt = detect_format(path)
+    cube = open_cube(path, format=fmt)
+    item = getattr(cube, "core_dtype", None) or getattr(cube, "stored_dtype", None)
+    bits = 32 if item is None or item is pds3.VAX_F else 8 * np.dtype(item).itemsize
     wl = cube.wavelengths
     return InputCube(path, "cube", tuple(int(v) for v in cube.shape), np.dtype(np.float32),
-                     bits, reader, str(cube.product_id), None if wl is None else
+                     bits, f"parsers.cube ({fmt})", str(cube.product_id), None if wl is None else
                      np.asarray(wl, np.float32), cube.wavelength_unit,
                      _read=lambda a, b: cube.read_lines(a, b), _close=cube.close)
 
