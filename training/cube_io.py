@@ -1,16 +1,11 @@
-"""What ``training.compress`` reads and ``training.decompress`` writes, tile row by tile row.
+"""What the codec reads and writes, tile row by tile row: the input cube, its tile grid,
+the output arrays.
 
-Inputs (:func:`open_input`), each a (bands, lines, samples) cube read in blocks of lines, or a
-tile file read in blocks of tiles:
-
-* a tile HDF5 file of :mod:`pipeline.tiles` (``tiles`` (N, B, H, W)): kind ``"tiles"``;
-* a Sentinel-2 product (:func:`parsers.sentinel2.read`: SAFE folder/zip, band folder, and a
-  multi-band GeoTIFF/JP2 when the model is a Sentinel-2 model): uint16, 0 = no data;
-* any cube :func:`parsers.cube.open_cube` opens (VIRTIS and other PDS3 QUBEs, ENVI,
-  GeoTIFF): float32 with NaN where the reader found special or no-data values.
-
-The invalid mask is exact: NaN or infinite for float cubes, the no-data value 0 for integer
-cubes (per value, so a pixel that is 0 in one band only keeps its other bands).
+An :class:`InputCube` is a (bands, lines, samples) cube read in blocks of lines, or a tile
+file (N, B, H, W) read in blocks of tiles (:func:`open_tiles`; every other input is opened
+by :func:`training.inputs.open_input`). The invalid mask is exact: NaN or infinite for float
+cubes, the no-data value 0 for integer cubes (per value, so a pixel that is 0 in one band
+only keeps its other bands).
 
 Outputs (:func:`open_output`): ``.npy`` (a memory-mapped array written window by window),
 ``.h5`` (dataset ``cube`` or ``tiles``, wavelengths and band names as attributes) and
@@ -21,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +25,6 @@ import numpy as np
 
 from parsers.atomic import atomic_path
 from parsers.errors import ProductError, UserError
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-S2_PRODUCT_SUFFIXES = (".zip", ".safe")
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 
 
 @dataclass
@@ -81,33 +72,7 @@ class InputCube:
             self._close()
 
 
-def _is_hdf5(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as fh:
-        return fh.read(8) == HDF5_SIGNATURE
-
-
-def open_input(path: str | os.PathLike[str], band_names: Sequence[str] | None = None,
-               sentinel2: bool = False) -> InputCube:
-    """Open anything the readers open (see the module docstring); ProductError otherwise.
-
-    ``sentinel2``: read GeoTIFF/JP2 files as Sentinel-2 products (uint16, band names);
-    ``band_names``: the Sentinel-2 bands to read, in order (default the reader's nine).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ProductError(path, "no such file or folder")
-    if _is_hdf5(path):
-        return _open_tiles(path)
-    suffix = path.suffix.lower()
-    if path.is_dir() or suffix in S2_PRODUCT_SUFFIXES or (sentinel2 and
-                                                          suffix in RASTER_SUFFIXES):
-        return _open_sentinel2(path, band_names)
-    return _open_cube(path)
-
-
-def _open_tiles(path: Path) -> InputCube:
+def open_tiles(path: Path) -> InputCube:
     import h5py
     import hdf5plugin  # noqa: F401  (registers the Blosc2 filter)
 
@@ -139,40 +104,6 @@ def _names(value: Any) -> list[str] | None:
         with contextlib.suppress(ValueError):
             value = json.loads(value)
     return [str(v) for v in value] if isinstance(value, list) else None
-
-
-def _open_cube(path: Path) -> InputCube:
-    from parsers import pds3
-    from parsers.cube import detect_format, open_cube
-
-    fmt = detect_format(path)
-    cube = open_cube(path, format=fmt)
-    item = getattr(cube, "core_dtype", None) or getattr(cube, "stored_dtype", None)
-    bits = 32 if item is None or item is pds3.VAX_F else 8 * np.dtype(item).itemsize
-    wl = cube.wavelengths
-    return InputCube(path, "cube", tuple(int(v) for v in cube.shape), np.dtype(np.float32),
-                     bits, f"parsers.cube ({fmt})", str(cube.product_id), None if wl is None else
-                     np.asarray(wl, np.float32), cube.wavelength_unit,
-                     _read=lambda a, b: cube.read_lines(a, b), _close=cube.close)
-
-
-def _open_sentinel2(path: Path, band_names: Sequence[str] | None) -> InputCube:
-    from parsers import sentinel2
-    from pipeline.products import S2_WAVELENGTH_NM
-
-    bands = tuple(band_names) if band_names else sentinel2.DEFAULT_BANDS
-    s = sentinel2.read(path, bands)
-    data = s.data
-    wl = None
-    if all(b in S2_WAVELENGTH_NM for b in s.band_names):
-        wl = np.array([S2_WAVELENGTH_NM[b] for b in s.band_names], np.float32)
-    geo = None
-    if s.crs is not None and s.transform is not None:
-        geo = {"crs": s.crs.to_wkt(), "transform": [float(v) for v in list(s.transform)[:6]]}
-    return InputCube(path, "cube", tuple(int(v) for v in data.shape), np.dtype(data.dtype),
-                     8 * data.dtype.itemsize, "parsers.sentinel2", str(s.product_id), wl,
-                     "nm" if wl is not None else None, list(s.band_names), sentinel2.NODATA,
-                     geo, _read=lambda a, b: data[:, a:b])
 
 
 # --------------------------------------------------------------------------- tile grid

@@ -1,18 +1,27 @@
-"""Evaluate a trained SSCNet against classical codecs on the same test tiles, one protocol.
+"""Evaluate trained SSCNets against classical codecs on the same test tiles, one protocol.
 
 ``python -m training.evaluate --params params.yaml --source S --tiles data/tiles/S/test.h5
---checkpoint models/S/best.pt --out eval/S [--max-tiles N] [--device cpu|cuda|auto]
-[--precision fp32|bf16] [--rates 0.5,1,2] [--no-baselines]``
+--checkpoint models/S/best.pt [--checkpoint OTHER.pt ...] --out eval/S [--max-tiles N]
+[--device cpu|cuda|auto] [--precision fp32|bf16] [--rates 0.5,1,2] [--no-baselines]``
+
+Several ``--checkpoint`` files (e.g. the models of a lambda sweep) become one curve each
+method; the first one supplies the per-band table and the figures.
 
 Protocol (also written into every report):
 
 * Tiles: the test file's tiles in physical units; invalid values (NaN radiance, ``valid ==
   False`` Sentinel-2 pixels) are excluded from every metric, for every method.
-* SSCNet: tiles normalised with the checkpoint's training statistics (invalid -> 0, as in
-  training), encoded, decoded, denormalised. Rate, both ways: the paper's value-count ratio
-  ``B*H*W / latent values`` and bits per pixel per channel of what would be stored
-  (float32 latent: 32 bits per value; float16 latent: 16 bits, and the fp16 latent is really
-  cast and decoded, so its distortion is measured, not assumed). No entropy coding.
+* SSCNet, reconstruction-only checkpoints: tiles normalised with the checkpoint's training
+  statistics (invalid -> 0, as in training), encoded, decoded, denormalised. Rate: the
+  paper's value-count ratio ``B*H*W / latent values`` and the bits of a stored float32 (32
+  per latent value) or float16 latent (16; the fp16 latent is really cast and decoded). No
+  entropy coding.
+* SSCNet, rate-distortion checkpoints (:mod:`training.codec`): the tiles go through the code
+  of ``training.compress`` and ``training.decompress`` (in memory, batch by batch), so the
+  reconstruction is what ``decompress`` writes and the rate is the size of the ``.sscz``
+  stream for these tiles: one header, per-tile masks, framing and CRCs included. Three rates:
+  that real rate (with the header's share), the entropy-coded latents alone, and the paper's
+  value-count ratio.
 * Baselines (:mod:`training.baselines`): real byte streams incl. side information; rate =
   bytes * 8 / (B*H*W).
 * Metrics (:mod:`training.metrics`): PSNR pooled and per tile, on the normalised scale (peak 1,
@@ -22,21 +31,23 @@ Protocol (also written into every report):
   The paper's 8-bit JPEG setting is measured against the wrapped 8-bit data (peak 255) and
   flagged.
 * Throughput: MB/s of input in its native dtype (float32 VIRTIS 4 bytes, uint16 S2 2 bytes
-  per value), wall clock on this machine, single process.
+  per value), wall clock on this machine, single process; for rate-distortion models the
+  whole compress / decompress path, with the entropy coder's time as a share of the
+  network's.
 
-Outputs in ``--out``: metrics.json, rd.csv, bands.csv, bands.md, tiles.csv (SSCNet per tile),
-rd_psnr.png, rd_sam.png, rd_psnr_phys.png, maps.png, spectra.png, per_band_psnr.png, report.md,
-report.html.
+Scoring lives here; rendering (CSV, figures, Markdown, HTML) in :mod:`training.report`.
+Outputs in ``--out``: metrics.json, rd.csv, bands.csv, bands.md, tiles.csv (first SSCNet per
+tile), rd_psnr.png, rd_sam.png, rd_psnr_phys.png, maps.png, spectra.png, per_band_psnr.png,
+report.md, report.html.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import html
-import json
+import contextlib
+import dataclasses
+import io
 import math
-import platform
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,21 +57,26 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from parsers.atomic import atomic_open
 from parsers.errors import ProductError, UserError, cli_entry
-from parsers.jsonsafe import json_safe
 from parsers.locks import lock_output
-from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
+from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage
 from training import baselines as BL
-from training import figures
+from training import report as R
+from training import sscz
+from training.codec import Codec, has_entropy_model
+from training.cube_io import InputCube, OutputArray, open_tiles
 from training.data import Normaliser, TileDataset, read_tile_attrs
+from training.decode import decode_stream
 from training.device import Runtime, resolve_device
-from training.metrics import MSSSIM_WINDOW, SSIM_WINDOW, MetricAccumulator
-from training.models import load_checkpoint
+from training.encode import compress_cube, header_size
+from training.metrics import MetricAccumulator
+from training.models import SSCNet, load_checkpoint
 
 RD_COLUMNS = ("method", "setting", "bpppc", "cr", "psnr", "psnr_phys", "ssim", "sam", "mae",
               "max_abs_err", "flagged", "cr_values", "ms_ssim", "psnr_tile_mean",
-              "psnr_phys_tile_mean", "lossless", "encode_mbps", "decode_mbps", "tiles", "rmse")
+              "psnr_phys_tile_mean", "lossless", "encode_mbps", "decode_mbps", "tiles", "rmse",
+              "latent_bpppc", "header_share", "coder_share")
+SSCNET_METHODS = ("sscnet_fp32", "sscnet_fp16", "sscnet_rd")
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,8 @@ class EvaluateParams:
     batch_size: int = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
-        "help": "SSCNet encode/decode in fp32 or under bf16 autocast (as a GPU would run it)"})
+        "help": "SSCNet encode/decode in fp32 or under bf16 autocast (as a GPU would run it); "
+                "entropy-coded models always run in fp32, as compress/decompress do"})
     baselines: bool = True
     rates: list[float] = field(
         default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
@@ -111,9 +128,31 @@ def load_params(path: str | Path | None, source: str,
 
 # --------------------------------------------------------------------------- inputs
 @dataclass
-class Inputs:
-    model: torch.nn.Module
+class Candidate:
+    """One checkpoint under evaluation; ``codec`` is set for rate-distortion checkpoints."""
+
+    path: Path
+    model: SSCNet
     ckpt: dict[str, Any]
+    codec: Codec | None
+
+    @property
+    def latent(self) -> str:
+        return "x".join(map(str, self.model.latent_shape))
+
+    @property
+    def label(self) -> str:
+        cfg = self.ckpt["config"]
+        if self.codec is None:
+            return f"latent {self.latent}"
+        lam = cfg.get("lambda")
+        return f"lambda {lam:g}, latent {self.latent}" if lam is not None else \
+            f"{self.path.name}, latent {self.latent}"
+
+
+@dataclass
+class Inputs:
+    candidates: list[Candidate]
     dataset: TileDataset
     normaliser: Normaliser
     stats: dict[str, Any]
@@ -121,6 +160,14 @@ class Inputs:
     indices: list[int]
     fmt: BL.TileFormat
     native_bits: int
+
+    @property
+    def model(self) -> SSCNet:
+        return self.candidates[0].model
+
+    @property
+    def ckpt(self) -> dict[str, Any]:
+        return self.candidates[0].ckpt
 
 
 def _stats_range(stats: dict[str, Any], bands: int, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -134,42 +181,52 @@ def _stats_range(stats: dict[str, Any], bands: int, where: str) -> tuple[np.ndar
     return lo, hi
 
 
-def open_inputs(tiles: Path, checkpoint: Path, p: EvaluateParams) -> Inputs:
-    model, ckpt = load_checkpoint(checkpoint, map_location="cpu")
+def _candidate(path: Path, bands: int, size: tuple[int, int], tiles: Path) -> Candidate:
+    model, ckpt = load_checkpoint(path, map_location="cpu")
     cfg = ckpt["config"]
+    if bands != cfg["bands"] or size != (cfg["tile"], cfg["tile"]):
+        raise UserError(f"{tiles}: tiles are {bands} x {size[0]} x {size[1]} but the "
+                        f"checkpoint {path} expects {cfg['bands']} x {cfg['tile']} x "
+                        f"{cfg['tile']}")
+    return Candidate(path, model, ckpt, Codec(path) if has_entropy_model(ckpt) else None)
+
+
+def _normaliser(ckpt: dict[str, Any], stats: dict[str, Any], path: Path) -> Normaliser:
+    """The exact normaliser training used when the checkpoint stores it, else from stats."""
+    mode = ckpt["config"].get("normalisation") or "paper_minmax"
+    try:
+        state = ckpt.get("normaliser")
+        return Normaliser.from_state_dict(state) if state else Normaliser.from_stats(stats, mode)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProductError(path, f"cannot build the {mode} normaliser ({exc})") from None
+
+
+def open_inputs(tiles: Path, checkpoints: Sequence[Path], p: EvaluateParams) -> Inputs:
+    """The test tiles and every checkpoint, checked against each other."""
     try:
         info = read_tile_attrs(tiles)
     except (OSError, ValueError) as exc:
         raise ProductError(tiles, f"cannot open the tile file ({exc})") from None
-    stats = ckpt.get("stats") or info.get("stats")
+    _, first = load_checkpoint(checkpoints[0], map_location="cpu")
+    stats = first.get("stats") or info.get("stats")
     if not stats:
-        raise ProductError(checkpoint, "no training statistics in the checkpoint or tile file")
-    mode = cfg.get("normalisation") or "paper_minmax"
-    try:
-        # The exact normaliser training used, when the checkpoint stores it.
-        state = ckpt.get("normaliser")
-        normaliser = (Normaliser.from_state_dict(state) if state
-                      else Normaliser.from_stats(stats, mode))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProductError(checkpoint, f"cannot build the {mode} normaliser ({exc})") from None
+        raise ProductError(checkpoints[0], "no training statistics in the checkpoint or "
+                                           "tile file")
+    normaliser = _normaliser(first, stats, checkpoints[0])
     if normaliser.bands != info["bands"]:
         raise UserError(f"{tiles}: {info['bands']} bands, but the checkpoint's statistics "
                         f"have {normaliser.bands}")
     ds = TileDataset(tiles, normaliser=normaliser)
     h, w = ds.info["tile_shape"]
-    if ds.bands != cfg["bands"] or (h, w) != (cfg["tile"], cfg["tile"]):
-        raise UserError(
-            f"{tiles}: tiles are {ds.bands} x {h} x {w} but the checkpoint {checkpoint} "
-            f"expects {cfg['bands']} x {cfg['tile']} x {cfg['tile']}"
-        )
+    cands = [_candidate(Path(c), ds.bands, (h, w), tiles) for c in checkpoints]
     n = len(ds) if p.max_tiles is None else min(len(ds), p.max_tiles)
     if n == 0:
         raise ProductError(tiles, "the tile file holds no tiles")
-    lo, hi = _stats_range(stats, ds.bands, str(checkpoint))
+    lo, hi = _stats_range(stats, ds.bands, str(checkpoints[0]))
     peak = hi - lo
     peak = np.where(np.isfinite(peak) & (peak > 0), peak, 1.0)
     dtype = np.dtype(ds.info["dtype"])
-    return Inputs(model, ckpt, ds, normaliser, stats, peak, list(range(n)),
+    return Inputs(cands, ds, normaliser, stats, peak, list(range(n)),
                   BL.TileFormat(ds.bands, h, w, dtype), 8 * dtype.itemsize)
 
 
@@ -200,6 +257,10 @@ class MethodResult:
     encode_s: float = 0.0
     decode_s: float = 0.0
     cr_values: float | None = None
+    latent_bits: float = math.nan  # entropy-coded models: the coded latents alone
+    header_bits: float = math.nan  # entropy-coded models: the .sscz header
+    coder_s: float = 0.0
+    network_s: float = 0.0
 
     @property
     def bpppc(self) -> float:
@@ -220,6 +281,9 @@ class MethodResult:
             "encode_mbps": mb / self.encode_s if self.encode_s > 0 else math.nan,
             "decode_mbps": mb / self.decode_s if self.decode_s > 0 else math.nan,
             "tiles": self.acc.tiles, "rmse": s["rmse"],
+            "latent_bpppc": self.latent_bits / self.values if self.values else math.nan,
+            "header_share": self.header_bits / self.bits if self.bits else math.nan,
+            "coder_share": self.coder_s / self.network_s if self.network_s else math.nan,
         }
 
 
@@ -275,78 +339,134 @@ def time_sscnet(model: torch.nn.Module, normaliser: Normaliser, raw: np.ndarray,
             "batch_tiles": int(raw.shape[0]), "device": str(dev), "precision": rt.precision}
 
 
+def batch_cube(meta: InputCube, raw: np.ndarray) -> InputCube:
+    """Tiles (n, B, H, W) in memory with the metadata of their tile file (``meta``)."""
+    return dataclasses.replace(meta, shape=tuple(raw.shape), _read=lambda a, b: raw[a:b],
+                               _close=None)
+
+
+def coded_pass(codec: Codec, cube: InputCube) -> tuple[np.ndarray, Any, Any]:
+    """(what decompress gives, compress report, decompress report) for an in-memory tile
+    cube, through the ``.sscz`` stream in memory."""
+    buf = io.BytesIO()
+    crep = compress_cube(cube, codec, buf)
+    buf.seek(0)
+    out = np.empty(cube.shape, cube.dtype)
+
+    def put(where: tuple[Any, ...], v: np.ndarray) -> None:
+        out[where] = v
+
+    def sink(header: Any, dtype: np.dtype) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(OutputArray(put))
+
+    drep = decode_stream(buf, cube.path, codec, sink)
+    return out, crep, drep
+
+
 @dataclass
 class Evaluation:
     results: list[MethodResult]
-    figure_tile: tuple[np.ndarray, np.ndarray] | None  # (x phys, y phys) SSCNet fp32
-    throughput: dict[str, dict[str, float]]
+    figure_tile: tuple[np.ndarray, np.ndarray] | None  # (x phys, y phys) first SSCNet
+    throughput: dict[str, dict[str, Any]]
     codecs_built_s: float
 
 
-def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> Evaluation:
-    rt = Runtime.create(dev, p.precision)
-    model = rt.prepare(inp.model)
-    cr_values = float(model.compression_ratio)
-    latent_values = math.prod(model.latent_shape)
-    band_values = inp.fmt.bands * inp.fmt.height * inp.fmt.width
+class Runner:
+    """One pass over the test tiles: every SSCNet checkpoint and every baseline setting."""
 
-    def acc(structural: bool, fsim: bool, peak: np.ndarray | float) -> MetricAccumulator:
-        return MetricAccumulator(inp.fmt.bands, np.broadcast_to(np.asarray(peak, float),
-                                                                (inp.fmt.bands,)).copy(),
+    def __init__(self, inp: Inputs, p: EvaluateParams, rt: Runtime, log: Any) -> None:
+        self.inp, self.p, self.rt, self.dev, self.log = inp, p, rt, rt.device, log
+        self.band_values = inp.fmt.bands * inp.fmt.height * inp.fmt.width
+        self.sscnet: list[tuple[Candidate, MethodResult, bool]] = []
+        for i, c in enumerate(inp.candidates):
+            cr = float(c.model.compression_ratio)
+            fsim = p.fsim and i == 0
+            if c.codec is None:
+                for half in (False, True):
+                    bits = "fp16" if half else "fp32"
+                    self.sscnet.append((c, MethodResult(f"sscnet_{bits}", f"{c.label} {bits}",
+                                                        self.acc(True, fsim), cr_values=cr),
+                                        half))
+            else:
+                self.sscnet.append((c, MethodResult("sscnet_rd", c.label, self.acc(True, fsim),
+                                                    cr_values=cr), False))
+        self.codecs: list[BL.Codec] = []
+        self.codec_results: list[MethodResult] = []
+        self.built_s = 0.0
+        self.figure_tile: tuple[np.ndarray, np.ndarray] | None = None
+        self.fig_index = min(max(p.figure_tile, 0), len(inp.indices) - 1)
+        self.meta: InputCube | None = None
+        if any(c.codec is not None for c in inp.candidates):
+            self.meta = open_tiles(inp.dataset.path)  # what compress would record
+            self.meta.close()
+
+    def acc(self, structural: bool, fsim: bool, peak: Any = None) -> MetricAccumulator:
+        peak = self.inp.peak_phys if peak is None else peak
+        b = self.inp.fmt.bands
+        return MetricAccumulator(b, np.broadcast_to(np.asarray(peak, float), (b,)).copy(),
                                  structural=structural, fsim=fsim)
 
-    ss32 = MethodResult("sscnet_fp32", f"latent {'x'.join(map(str, model.latent_shape))} fp32",
-                        acc(True, p.fsim, inp.peak_phys), cr_values=cr_values)
-    ss16 = MethodResult("sscnet_fp16", f"latent {'x'.join(map(str, model.latent_shape))} fp16",
-                        acc(True, p.fsim, inp.peak_phys), cr_values=cr_values)
-    results = [ss32, ss16]
-    codecs: list[BL.Codec] = []
-    codec_results: list[MethodResult] = []
-    built_s = 0.0
-    figure_tile = None
-    fig_index = min(max(p.figure_tile, 0), len(inp.indices) - 1)
-    seen = 0
-    first = True
-    for raw, valid in batches(inp, p.batch_size):
-        n = raw.shape[0]
-        x_phys = _phys(raw, valid)
-        x_norm = inp.normaliser.normalise(x_phys)
-        if first:  # warm-up so that timings do not include one-off initialisation
-            sscnet_pass(model, inp.normaliser, raw[:1], valid[:1], rt, False)
-        for res, half in ((ss32, False), (ss16, True)):
-            y_phys, y_norm, te, td = sscnet_pass(model, inp.normaliser, raw, valid, rt, half)
+    def recon(self, c: Candidate, res: MethodResult, half: bool, raw: np.ndarray,
+              valid: np.ndarray) -> np.ndarray:
+        """A reconstruction-only checkpoint on a batch (fp32 or fp16 latent)."""
+        y_phys, _, te, td = sscnet_pass(c.model, self.inp.normaliser, raw, valid, self.rt,
+                                        half)
+        res.bits += (16 if half else 32) * math.prod(c.model.latent_shape) * raw.shape[0]
+        res.encode_s += te
+        res.decode_s += td
+        return y_phys
+
+    def coded(self, c: Candidate, res: MethodResult, raw: np.ndarray) -> np.ndarray:
+        """A rate-distortion checkpoint on a batch, through compress/decompress in memory."""
+        assert c.codec is not None and self.meta is not None
+        out, crep, drep = coded_pass(c.codec, batch_cube(self.meta, raw))
+        stream_extra = crep.header_bytes + sscz.END_BYTES  # this batch's own header and end
+        res.bits += 8 * (crep.bytes - stream_extra)
+        res.latent_bits = np.nan_to_num(res.latent_bits) + 8 * crep.latent_bytes
+        res.encode_s += crep.seconds
+        res.decode_s += drep.seconds
+        res.coder_s += crep.coder_s + drep.coder_s
+        res.network_s += crep.network_s + drep.network_s
+        return out.astype(np.float32)
+
+    def sscnet_batch(self, raw: np.ndarray, valid: np.ndarray, x_phys: np.ndarray,
+                     x_norm: np.ndarray, seen: int) -> None:
+        for i, (c, res, half) in enumerate(self.sscnet):
+            y_phys = (self.coded(c, res, raw) if c.codec is not None
+                      else self.recon(c, res, half, raw, valid))
             y_phys[~valid] = np.nan
-            y_norm[~valid] = np.nan
-            res.acc.update(x_phys, y_phys, x_norm, y_norm)
-            res.bits += (16 if half else 32) * latent_values * n
-            res.values += band_values * n
+            res.acc.update(x_phys, y_phys, x_norm, self.inp.normaliser.normalise(y_phys))
+            res.values += self.band_values * raw.shape[0]
             res.input_bytes += raw.nbytes
-            res.encode_s += te
-            res.decode_s += td
-            if not half and seen <= fig_index < seen + n:
-                figure_tile = (x_phys[fig_index - seen], y_phys[fig_index - seen])
-        if first and p.baselines:
-            t0 = time.perf_counter()
-            settings = BL.BaselineSettings(
-                target_bpppc=tuple(p.rates), requant_bits=tuple(p.requant_bits),
-                pca=tuple(p.pca), jpegxl_distances=tuple(p.jpegxl_distances),
-                jpeg8_qualities=tuple(p.jpeg8_qualities), jpegxl_effort=p.jpegxl_effort,
-                sz3_relative=tuple(p.sz3_relative),
-                calibration_tiles=p.calibration_tiles, lossless=p.lossless,
-            )
-            band_range = BL.BandRange(*_stats_range(inp.stats, inp.fmt.bands, "statistics"))
-            extra = (ss32.bpppc, ss16.bpppc)
-            codecs = BL.build_codecs(settings, inp.fmt, band_range, raw, extra_targets=extra)
-            built_s = time.perf_counter() - t0
-            log(f"evaluate: {len(codecs)} baseline settings (JPEG 2000 levels searched on "
-                f"{min(n, settings.calibration_tiles)} tile(s) in {built_s:.1f} s)")
-            for c in codecs:
-                peak = 255.0 if c.reference is not None else inp.peak_phys
-                codec_results.append(MethodResult(
-                    c.method, c.setting, acc(p.structural_baselines, False, peak),
-                    flagged=c.flagged, lossless=c.lossless))
-            results += codec_results
-        for c, res in zip(codecs, codec_results, strict=True):
+            if i == 0 and seen <= self.fig_index < seen + raw.shape[0]:
+                k = self.fig_index - seen
+                self.figure_tile = (x_phys[k], y_phys[k])
+
+    def build_baselines(self, raw: np.ndarray) -> None:
+        p, inp = self.p, self.inp
+        t0 = time.perf_counter()
+        settings = BL.BaselineSettings(
+            target_bpppc=tuple(p.rates), requant_bits=tuple(p.requant_bits), pca=tuple(p.pca),
+            jpegxl_distances=tuple(p.jpegxl_distances),
+            jpeg8_qualities=tuple(p.jpeg8_qualities), jpegxl_effort=p.jpegxl_effort,
+            sz3_relative=tuple(p.sz3_relative), calibration_tiles=p.calibration_tiles,
+            lossless=p.lossless)
+        band_range = BL.BandRange(*_stats_range(inp.stats, inp.fmt.bands, "statistics"))
+        extra = tuple(r.bpppc for _, r, _ in self.sscnet[:2])
+        self.codecs = BL.build_codecs(settings, inp.fmt, band_range, raw, extra_targets=extra)
+        self.built_s = time.perf_counter() - t0
+        self.log(f"evaluate: {len(self.codecs)} baseline settings (JPEG 2000 levels searched "
+                 f"on {min(len(raw), settings.calibration_tiles)} tile(s) in "
+                 f"{self.built_s:.1f} s)")
+        for c in self.codecs:
+            peak = 255.0 if c.reference is not None else None
+            self.codec_results.append(MethodResult(
+                c.method, c.setting, self.acc(p.structural_baselines, False, peak),
+                flagged=c.flagged, lossless=c.lossless))
+
+    def baselines_batch(self, raw: np.ndarray, valid: np.ndarray, x_phys: np.ndarray,
+                        x_norm: np.ndarray) -> None:
+        for c, res in zip(self.codecs, self.codec_results, strict=True):
             coded = BL.code_tiles(c, raw)
             if c.reference is not None:
                 ref = np.stack([c.reference(t) for t in raw]).astype(np.float32)
@@ -354,184 +474,148 @@ def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> 
                 res.acc.update(xr, yr, xr / 255.0, yr / 255.0)
             else:
                 y_phys = _phys(coded.recon, valid)
-                res.acc.update(x_phys, y_phys, x_norm, inp.normaliser.normalise(y_phys))
+                res.acc.update(x_phys, y_phys, x_norm, self.inp.normaliser.normalise(y_phys))
             res.bits += 8 * coded.nbytes
             res.values += coded.values
             res.input_bytes += coded.input_bytes
             res.encode_s += coded.encode_s
             res.decode_s += coded.decode_s
-        seen += n
-        first = False
+
+    def finish_coded(self) -> None:
+        """Count one header and one end marker per rate-distortion model: the size of the
+        single .sscz file of all evaluated tiles."""
+        if self.meta is None:
+            return
+        inp = self.inp
+        shape = (len(inp.indices), inp.fmt.bands, inp.fmt.height, inp.fmt.width)
+        whole = dataclasses.replace(self.meta, shape=shape)
+        for c, res, _ in self.sscnet:
+            if c.codec is not None:
+                res.header_bits = 8 * header_size(c.codec, whole)
+                res.bits += res.header_bits + 8 * sscz.END_BYTES
+
+    def throughput(self) -> dict[str, dict[str, Any]]:
+        """MB/s of the first model on this device (and the other device when there is one);
+        the entropy-coded models with their coder share."""
+        first = self.sscnet[0][1]
+        out: dict[str, dict[str, Any]] = {}
+        for c, res, half in self.sscnet:
+            if c is self.sscnet[0][0] and half:
+                continue
+            row = res.row(self.inp.native_bits)
+            key = self.dev.type if res is first else f"{res.method} {res.setting}"
+            out[key] = {"encode_mbps": row["encode_mbps"], "decode_mbps": row["decode_mbps"],
+                        "tiles": res.acc.tiles, "batch_size": self.p.batch_size,
+                        "device": str(self.dev), "coder_share": row["coder_share"],
+                        "precision": "fp32" if c.codec is not None else self.rt.precision}
+        c0 = self.inp.candidates[0]
+        other = torch.device("cpu") if self.dev.type == "cuda" else (
+            torch.device("cuda") if torch.cuda.is_available() else None)
+        if other is not None and c0.codec is None:
+            raw0, valid0 = next(batches(self.inp, self.p.batch_size))
+            out[other.type] = time_sscnet(c0.model, self.inp.normaliser, raw0, valid0, other,
+                                          precision=self.p.precision)
+            self.rt.prepare(c0.model)
+        return out
+
+
+def run(inp: Inputs, p: EvaluateParams, dev: torch.device, log: Any = print) -> Evaluation:
+    """Score every checkpoint and baseline on the test tiles (see the module docstring)."""
+    rt = Runtime.create(dev, p.precision)
+    for c in inp.candidates:
+        c.model = rt.prepare(c.model)
+        if c.codec is not None:
+            c.codec = Codec(c.path, dev)
+    r = Runner(inp, p, rt, log)
+    seen = 0
+    for raw, valid in batches(inp, p.batch_size):
+        x_phys = _phys(raw, valid)
+        x_norm = inp.normaliser.normalise(x_phys)
+        if seen == 0:  # warm-up so that timings do not include one-off initialisation
+            sscnet_pass(inp.model, inp.normaliser, raw[:1], valid[:1], rt, False)
+        r.sscnet_batch(raw, valid, x_phys, x_norm, seen)
+        if seen == 0 and p.baselines:
+            r.build_baselines(raw)
+        r.baselines_batch(raw, valid, x_phys, x_norm)
+        seen += raw.shape[0]
         log(f"evaluate: {seen}/{len(inp.indices)} tiles")
-
-    throughput = {dev.type: {"encode_mbps": ss32.input_bytes / 1e6 / ss32.encode_s,
-                             "decode_mbps": ss32.input_bytes / 1e6 / ss32.decode_s,
-                             "tiles": ss32.acc.tiles, "batch_size": p.batch_size,
-                             "device": str(dev), "precision": rt.precision}}
-    raw0, valid0 = next(batches(inp, p.batch_size))
-    other = torch.device("cpu") if dev.type == "cuda" else (
-        torch.device("cuda") if torch.cuda.is_available() else None)
-    if other is not None:
-        throughput[other.type] = time_sscnet(model, inp.normaliser, raw0, valid0, other,
-                                             precision=p.precision)
-        rt.prepare(model)
-    return Evaluation(results, figure_tile, throughput, built_s)
+    r.finish_coded()
+    results = [res for _, res, _ in r.sscnet] + r.codec_results
+    return Evaluation(results, r.figure_tile, r.throughput(), r.built_s)
 
 
-# --------------------------------------------------------------------------- outputs
-def _fmt(v: Any, nd: int = 3) -> str:
-    if isinstance(v, str):
-        return v
-    if v is None:
-        return ""
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    f = float(v)
-    if math.isnan(f):
-        return "n/a"
-    if math.isinf(f):
-        return "inf"
-    return f"{f:.{nd}f}" if abs(f) >= 10 ** -nd or f == 0 else f"{f:.{nd}g}"
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (_fmt(r.get(k), 6) if not isinstance(r.get(k), str) else r.get(k))
-                        for k in columns})
-
-
-Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", src, alt)
-
-
-def render_markdown(blocks: Sequence[Block]) -> str:
-    out = []
-    for b in blocks:
-        if b[0] == "h":
-            out.append("#" * b[1] + " " + b[2])
-        elif b[0] == "p":
-            out.append(b[1])
-        elif b[0] == "ul":
-            out.append("\n".join(f"- {item}" for item in b[1]))
-        elif b[0] == "table":
-            head, rows = b[1], b[2]
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-            out.append("\n".join(lines))
-        elif b[0] == "img":
-            out.append(f"![{b[2]}]({b[1]})")
-    return "\n\n".join(out) + "\n"
-
-
-def render_html(blocks: Sequence[Block], title: str) -> str:
-    e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-           "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-           "padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>"]
-    for b in blocks:
-        if b[0] == "h":
-            out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            out.append(f"<p>{e(b[1])}</p>")
-        elif b[0] == "ul":
-            out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b[1]) + "</ul>")
-        elif b[0] == "table":
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in r) + "</tr>"
-                    for r in b[2]]
-            out.append("</table>")
-        elif b[0] == "img":
-            out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
-
-
-def _pick_bands(p: EvaluateParams, bands: int) -> list[int]:
-    chosen = [b for b in p.figure_bands if 0 <= b < bands]
-    if chosen:
-        return chosen
-    return sorted({round(v) for v in np.linspace(0, bands - 1, min(3, bands) + 2)[1:-1]})
-
-
-def _pick_pixels(p: EvaluateParams, x: np.ndarray) -> list[tuple[int, int]]:
-    h, w = x.shape[1:]
-    chosen = [(r, c) for r, c in p.figure_pixels if 0 <= r < h and 0 <= c < w]
-    if chosen:
-        return chosen
-    bright = np.nan_to_num(np.nanmean(x, axis=0), nan=-np.inf)
-    order = np.argsort(bright.ravel())
-    picks = [order[-1], order[len(order) // 2], order[0]]  # brightest, median, darkest
-    return [divmod(int(i), w) for i in picks]
-
-
+# --------------------------------------------------------------------------- scoring summary
 def _nearest(results: Sequence[MethodResult], method: str, rate: float) -> MethodResult | None:
     cand = [r for r in results if r.method == method and r.values]
-    if not cand:
+    if not cand or not rate > 0:
         return None
     return min(cand, key=lambda r: abs(math.log(r.bpppc / rate)))
 
 
-def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, source: str,
-                  args: argparse.Namespace) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r.row(inp.native_bits) for r in ev.results]
-    write_csv(out / "rd.csv", RD_COLUMNS, rows)
+def _sscnet_summary(r: MethodResult, native_bits: int) -> dict[str, Any]:
+    row, s = r.row(native_bits), r.acc.summary()
+    out = {"setting": r.setting, "bpppc": r.bpppc, "cr_values": r.cr_values,
+           "cr_bits": row["cr"],
+           **{k: s[k] for k in ("psnr", "psnr_phys", "psnr_tile_mean", "psnr_phys_tile_mean",
+                                "ssim", "ms_ssim", "sam", "mae", "rmse", "max_abs_err")},
+           **({"fsim": s["fsim"]} if "fsim" in s else {}),
+           "encode_mbps": row["encode_mbps"], "decode_mbps": row["decode_mbps"]}
+    if r.method == "sscnet_rd":
+        out.update(latent_bpppc=row["latent_bpppc"], header_share=row["header_share"],
+                   coder_share=row["coder_share"])
+    return out
 
-    ss32, ss16 = ev.results[0], ev.results[1]
-    lossless = {r.method: r.bpppc for r in ev.results if r.lossless}
-    matched = {}
-    for method in sorted({r.method for r in ev.results[2:] if not r.lossless}):
-        near = _nearest(ev.results, method, ss32.bpppc)
-        if near is not None:
-            matched[method] = {"setting": near.setting, "bpppc": near.bpppc,
-                               "psnr": near.acc.summary()["psnr"],
-                               "psnr_phys": near.acc.summary()["psnr_phys"],
-                               "sam": near.acc.summary()["sam"], "flagged": near.flagged}
-    model_cfg = inp.ckpt["config"]
+
+def summarise(ev: Evaluation, inp: Inputs, source: str) -> dict[str, Any]:
+    """The content of metrics.json: protocol facts, the SSCNet models, lossless floor and
+    the baselines nearest to the first SSCNet model's rate."""
+    first = ev.results[0]
     metrics: dict[str, Any] = {
-        "source": source,
-        "tiles": ss32.acc.tiles,
-        "tile_shape": list(inp.fmt.shape),
-        "native_bits": inp.native_bits,
-        "checkpoint_epoch": inp.ckpt.get("epoch"),
+        "source": source, "tiles": first.acc.tiles, "tile_shape": list(inp.fmt.shape),
+        "native_bits": inp.native_bits, "checkpoint_epoch": inp.ckpt.get("epoch"),
         "normalisation": inp.normaliser.mode,
         "psnr_peak": "normalised scale, peak 1 (paper-compatible)",
         "psnr_phys_peak": "per band training data range max-min, physical units",
-        "ssim_window": f"gaussian {SSIM_WINDOW}px sigma 1.5; ms_ssim {MSSSIM_WINDOW}px, 5 scales",
+        "ssim_window": f"gaussian {R.SSIM_WINDOW}px sigma 1.5; ms_ssim {R.MSSSIM_WINDOW}px, "
+                       "5 scales",
         "sam_unit": "degrees",
     }
-    for r in (ss32, ss16):
-        row = r.row(inp.native_bits)
-        s = r.acc.summary()
-        metrics[r.method] = {
-            "bpppc": r.bpppc, "cr_values": r.cr_values, "cr_bits": row["cr"],
-            **{k: s[k] for k in ("psnr", "psnr_phys", "psnr_tile_mean", "psnr_phys_tile_mean",
-                                 "ssim", "ms_ssim", "sam", "mae", "rmse", "max_abs_err")},
-            **({"fsim": s["fsim"]} if "fsim" in s else {}),
-            "encode_mbps": row["encode_mbps"], "decode_mbps": row["decode_mbps"],
-        }
+    sscnet = [r for r in ev.results if r.method in SSCNET_METHODS]
+    for r in sscnet:
+        if r.method in ("sscnet_fp32", "sscnet_fp16") and r.method not in metrics:
+            metrics[r.method] = _sscnet_summary(r, inp.native_bits)
+        elif r.method == "sscnet_rd":
+            metrics.setdefault("sscnet_rd", {})[r.setting] = _sscnet_summary(r, inp.native_bits)
     metrics["sscnet_throughput"] = ev.throughput
+    lossless = {r.method: r.bpppc for r in ev.results if r.lossless}
     if lossless:
         metrics["lossless_floor_bpppc"] = min(lossless.values())
         metrics["lossless_bpppc"] = lossless
-    metrics["baselines_nearest_sscnet_fp32_rate"] = matched
-    with atomic_open(out / "metrics.json", "w", encoding="utf-8") as fh:
-        json.dump(json_safe(metrics), fh, indent=2, sort_keys=False)
-        fh.write("\n")
+    matched = {}
+    for method in sorted({r.method for r in ev.results if r.method not in SSCNET_METHODS
+                          and not r.lossless}):
+        near = _nearest(ev.results, method, first.bpppc)
+        if near is not None:
+            s = near.acc.summary()
+            matched[method] = {"setting": near.setting, "bpppc": near.bpppc, "psnr": s["psnr"],
+                               "psnr_phys": s["psnr_phys"], "sam": s["sam"],
+                               "flagged": near.flagged}
+    metrics["baselines_nearest_sscnet_rate"] = matched
+    return metrics
 
-    # Per-band table (paper Tables 1-5): SSCNet fp32 and the nearest-rate JPEG 2000 per band.
-    pb = ss32.acc.per_band()
-    j2k = _nearest(ev.results, "jpeg2000_band", ss32.bpppc)
+
+def band_rows(ev: Evaluation, inp: Inputs) -> tuple[list[dict[str, Any]], str]:
+    """Per-band errors of the first SSCNet model and of the nearest-rate JPEG 2000, and a
+    sentence saying which JPEG 2000 setting that is."""
+    first = ev.results[0]
+    pb = first.acc.per_band()
+    j2k = _nearest(ev.results, "jpeg2000_band", first.bpppc)
     j2k_pb = j2k.acc.per_band() if j2k is not None else None
     wl = inp.dataset.wavelength
     names = inp.dataset.info.get("band_names")
-    band_rows = []
+    rows = []
     for b in range(inp.fmt.bands):
-        row = {"band": b,
-               "name": (names[b] if isinstance(names, list) and b < len(names) else ""),
+        row = {"band": b, "name": names[b] if isinstance(names, list) and b < len(names) else "",
                "wavelength": float(wl[b]) if wl is not None else math.nan}
         for k in ("psnr", "psnr_phys", "ssim", "ms_ssim", "fsim", "mae", "rmse", "max_abs_err"):
             row[f"sscnet_{k}"] = pb[k][b] if k in pb else math.nan
@@ -539,142 +623,57 @@ def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, sou
         if j2k_pb is not None:
             row["jpeg2000_band_psnr"] = j2k_pb["psnr"][b]
             row["jpeg2000_band_psnr_phys"] = j2k_pb["psnr_phys"][b]
-        band_rows.append(row)
-    band_cols = list(band_rows[0].keys())
-    write_csv(out / "bands.csv", band_cols, band_rows)
-    step = max(1, math.ceil(inp.fmt.bands / p.markdown_band_rows))
-    shown = band_rows[::step]
-    band_table = ("table", band_cols, [[r[c] for c in band_cols] for r in shown])
-    j2k_note = (f"JPEG 2000 per band at {j2k.bpppc:.3f} bpppc ({j2k.setting}), the setting "
-                f"nearest to SSCNet's {ss32.bpppc:.3f} bpppc." if j2k is not None else "")
-    band_md = [("h", 1, f"Per-band errors, {source}"),
-               ("p", f"SSCNet fp32 ({ss32.setting}) on {ss32.acc.tiles} test tiles. PSNR: "
-                     "normalised scale peak 1; psnr_phys: peak = peak_phys (training range). "
-                     f"{j2k_note}" + (f" Every {step}th band shown; bands.csv has all."
-                                      if step > 1 else "")),
-               band_table]
-    with atomic_open(out / "bands.md", "w", encoding="utf-8") as fh:
-        fh.write(render_markdown(band_md))
+        rows.append(row)
+    note = (f"JPEG 2000 per band at {j2k.bpppc:.3f} bpppc ({j2k.setting}), the setting nearest "
+            f"to SSCNet's {first.bpppc:.3f} bpppc." if j2k is not None else "")
+    return rows, note
 
-    # Per-tile values of SSCNet fp32 (to find the tiles it fails on).
-    pt = ss32.acc.per_tile()
-    tile_rows = []
+
+def tile_rows(ev: Evaluation, inp: Inputs) -> list[dict[str, Any]]:
+    """Per-tile values of the first SSCNet model (to find the tiles it fails on)."""
+    pt = ev.results[0].acc.per_tile()
+    rows = []
     for k, i in enumerate(inp.indices):
         try:
             where = inp.dataset.index(i)
         except KeyError:  # a tile file without the 'index' dataset
             where = {"index": i}
-        tile_rows.append({**where, "psnr": pt["psnr"][k], "psnr_phys": pt["psnr_phys"][k],
-                          "sam": pt["sam"][k]})
-    write_csv(out / "tiles.csv", list(tile_rows[0].keys()), tile_rows)
+        rows.append({**where, "psnr": pt["psnr"][k], "psnr_phys": pt["psnr_phys"][k],
+                     "sam": pt["sam"][k]})
+    return rows
 
-    # Figures.
-    note = (f"{source}: {ss32.acc.tiles} test tiles {inp.fmt.shape}; SSCNet rates are "
-            "latent bits (no entropy coding); baselines are real encoded bytes incl. side info.")
-    figures.rd_plot(rows, out / "rd_psnr.png", "psnr",
-                    title=f"{source}: PSNR vs rate (normalised scale, peak 1)", note=note)
-    figures.rd_plot(rows, out / "rd_psnr_phys.png", "psnr_phys",
-                    ylabel="PSNR (dB, physical units, peak = band training range)",
-                    title=f"{source}: PSNR vs rate (physical units)", note=note)
-    figures.rd_plot(rows, out / "rd_sam.png", "sam",
-                    ylabel="spectral angle (degrees, lower is better)",
-                    title=f"{source}: spectral angle vs rate", note=note)
-    pics = ["rd_psnr.png", "rd_psnr_phys.png", "rd_sam.png"]
-    if ev.figure_tile is not None:
-        x, y = ev.figure_tile
-        bands = _pick_bands(p, inp.fmt.bands)
-        labels = [f"band {b}" + (f" ({wl[b]:.4g})" if wl is not None else "") for b in bands]
-        figures.band_maps(x, y, bands, out / "maps.png", labels,
-                          title=f"{source} tile {p.figure_tile}: SSCNet fp32 reconstruction")
-        figures.spectra_plot(x, y, _pick_pixels(p, x), out / "spectra.png",
-                             wavelengths=wl, title=f"{source} tile {p.figure_tile}: spectra, "
-                             "original (solid) vs SSCNet fp32 (dashed)")
-        pics += ["maps.png", "spectra.png"]
-    per_band = {"sscnet_fp32": pb["psnr"]}
-    if j2k_pb is not None:
-        per_band[f"jpeg2000_band {j2k.bpppc:.2f} bpppc"] = j2k_pb["psnr"]
-    figures.per_band_plot(per_band, out / "per_band_psnr.png", "PSNR (dB, peak 1)",
-                          wavelengths=wl, title=f"{source}: PSNR per band")
-    pics.append("per_band_psnr.png")
 
-    # Report.
-    summary_cols = ["method", "setting", "bpppc", "cr", "cr_values", "psnr", "psnr_phys",
-                    "ssim", "ms_ssim", "sam", "mae", "rmse", "max_abs_err", "encode_mbps",
-                    "decode_mbps", "flagged"]
-    ordered = sorted(rows, key=lambda r: (r["method"] != "sscnet_fp32",
-                                          r["method"] != "sscnet_fp16", r["method"], r["bpppc"]))
-    floor = metrics.get("lossless_floor_bpppc")
-    blocks: list[Block] = [
-        ("h", 1, f"SSCNet evaluation: {source}"),
-        ("p", f"Checkpoint {args.checkpoint} (epoch {inp.ckpt.get('epoch')}, "
-              f"{model_cfg.get('arch')} latent {model_cfg.get('latent')}, normalisation "
-              f"{inp.normaliser.mode}); tiles {args.tiles}: {ss32.acc.tiles} tiles of "
-              f"{' x '.join(map(str, inp.fmt.shape))}, {inp.fmt.dtype} "
-              f"({inp.native_bits} bits per value)."),
-        ("h", 2, "Headline"),
-        ("ul", [
-            f"SSCNet fp32 latent: {ss32.bpppc:.4f} bpppc (paper-style value-count ratio "
-            f"{ss32.cr_values:.2f}:1, bit ratio against {inp.native_bits}-bit input "
-            f"{inp.native_bits / ss32.bpppc:.2f}:1); PSNR {_fmt(metrics['sscnet_fp32']['psnr'])}"
-            f" dB (peak 1), {_fmt(metrics['sscnet_fp32']['psnr_phys'])} dB (physical), "
-            f"SAM {_fmt(metrics['sscnet_fp32']['sam'])} deg.",
-            f"SSCNet fp16 latent: {ss16.bpppc:.4f} bpppc, PSNR "
-            f"{_fmt(metrics['sscnet_fp16']['psnr'])} dB (the fp16 cast really decoded).",
-            *([f"Lossless floor: {floor:.3f} bpppc "
-               f"({', '.join(f'{k} {v:.3f}' for k, v in lossless.items())}); a lossy point at "
-               "a higher rate is dominated."] if floor else []),
-            *[f"{m} nearest SSCNet's rate: {v['bpppc']:.3f} bpppc, PSNR {_fmt(v['psnr'])} dB"
-              f"{' [' + v['flagged'] + ']' if v['flagged'] else ''}"
-              for m, v in matched.items()],
-        ]),
-        ("h", 2, "Protocol"),
-        ("ul", [
-            "Same test tiles and the same metric code for every method; invalid pixels "
-            "excluded everywhere.",
-            "psnr: normalised scale with peak 1 (what the SSCNet paper reports); psnr_phys: "
-            "physical units, peak = each band's training data range (max - min of the "
-            "training statistics). Pooled MSE over all tiles; *_tile_mean in rd.csv averages "
-            "per-tile PSNRs.",
-            f"SSIM: Gaussian {SSIM_WINDOW} px window, sigma 1.5; MS-SSIM: {MSSSIM_WINDOW} px "
-            "window, 5 scales (n/a for tiles of 32 px or less); FSIM grayscale per band; "
-            "all on the normalised scale, "
-            "data_range 1. SAM in degrees (float64) in physical units, zero and invalid "
-            "spectra excluded.",
-            "Rates: bpppc = stored bits / (bands x pixels). SSCNet: 32 (fp32) or 16 (fp16) "
-            "bits per latent value, no entropy coding. Baselines: real encoded bytes incl. "
-            "side information (float tiles mapped to uint16 per tile and band, min/max "
-            "counted). cr = native bits / bpppc; cr_values = the paper's value-count ratio.",
-            "jpeg8_paper is the SSCNet paper's JPEG setting (uint16 wrapped mod 256), measured "
-            "against the wrapped 8-bit data with peak 255: for comparability only, flagged.",
-            "Throughput: MB/s of input in its native dtype, wall clock, this machine, "
-            f"{platform.machine()} {platform.system()}, torch threads "
-            f"{torch.get_num_threads()}.",
-        ]),
-        ("h", 2, "Rate-distortion"),
-        ("img", "rd_psnr.png", "PSNR vs bpppc"),
-        ("img", "rd_psnr_phys.png", "physical PSNR vs bpppc"),
-        ("img", "rd_sam.png", "SAM vs bpppc"),
-        ("table", summary_cols, [[r[c] for c in summary_cols] for r in ordered]),
-        ("h", 2, "Throughput of SSCNet"),
-        ("table", ["device", "encode MB/s", "decode MB/s", "tiles"],
-         [[k, v["encode_mbps"], v["decode_mbps"], v.get("tiles", v.get("batch_tiles"))]
-          for k, v in ev.throughput.items()]),
-        ("h", 2, "Per band"),
-        ("p", "Full table: bands.csv / bands.md. " + j2k_note),
-        ("img", "per_band_psnr.png", "PSNR per band"),
-        band_table,
-    ]
-    if ev.figure_tile is not None:
-        blocks += [("h", 2, "Reconstructions (paper Figs 5-8 style)"),
-                   ("img", "maps.png", "original / reconstruction / error"),
-                   ("img", "spectra.png", "spectra")]
-    blocks.append(("h", 2, "Settings"))
-    blocks.append(("p", json.dumps(to_dict(p))))
-    with atomic_open(out / "report.md", "w", encoding="utf-8") as fh:
-        fh.write(render_markdown(blocks))
-    with atomic_open(out / "report.html", "w", encoding="utf-8") as fh:
-        fh.write(render_html(blocks, f"SSCNet evaluation: {source}"))
+def write_outputs(out: Path, ev: Evaluation, inp: Inputs, p: EvaluateParams, source: str,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Score (metrics.json, the CSV tables) and hand the rendering to :mod:`training.report`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.row(inp.native_bits) for r in ev.results]
+    R.write_csv(out / "rd.csv", RD_COLUMNS, rows)
+    metrics = summarise(ev, inp, source)
+    R.write_json(out / "metrics.json", metrics)
+    bands, j2k_note = band_rows(ev, inp)
+    R.write_csv(out / "bands.csv", list(bands[0]), bands)
+    tiles = tile_rows(ev, inp)
+    R.write_csv(out / "tiles.csv", list(tiles[0]), tiles)
+    first = ev.results[0]
+    context = R.Context(
+        source=source, out=out, tiles=first.acc.tiles, shape=inp.fmt.shape,
+        dtype=str(inp.fmt.dtype), native_bits=inp.native_bits, first=first.setting,
+        first_method=first.method, checkpoint=str(args.checkpoint[0]),
+        epoch=inp.ckpt.get("epoch"), model_config=inp.ckpt["config"],
+        normalisation=inp.normaliser.mode, tiles_path=str(args.tiles),
+        wavelengths=inp.dataset.wavelength, settings=p)
+    R.render(context, rows, metrics, bands, j2k_note, ev.figure_tile,
+             {"per_band": first.acc.per_band()["psnr"], "j2k": _j2k_curve(ev, first)},
+             ev.throughput)
     return metrics
+
+
+def _j2k_curve(ev: Evaluation, first: MethodResult) -> tuple[str, np.ndarray] | None:
+    j2k = _nearest(ev.results, "jpeg2000_band", first.bpppc)
+    if j2k is None:
+        return None
+    return f"jpeg2000_band {j2k.bpppc:.2f} bpppc", j2k.acc.per_band()["psnr"]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -686,7 +685,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--source", required=True, choices=SOURCES,
                     help="the data set (its evaluate layer of the params)")
     ap.add_argument("--tiles", type=Path, required=True, help="test.h5 of pipeline.tiles")
-    ap.add_argument("--checkpoint", type=Path, required=True, help="best.pt of training.train")
+    ap.add_argument("--checkpoint", type=Path, required=True, action="append",
+                    help="best.pt of training.train; repeat it for several models (e.g. a "
+                         "lambda sweep): the first one gets the per-band table and figures")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--quiet", action="store_true")
     add_flags(ap.add_argument_group("overrides of the params (one flag per EvaluateParams key)"),
@@ -705,13 +706,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = (lambda *a, **k: None) if args.quiet else print
     inp = open_inputs(args.tiles, args.checkpoint, p)
     ev = run(inp, p, dev, log)
-    metrics = write_outputs(args.out, ev, inp, p, args.source, args)
-    m = metrics["sscnet_fp32"]
-    log(f"evaluate: SSCNet fp32 {m['bpppc']:.4f} bpppc, PSNR {_fmt(m['psnr'])} dB (peak 1), "
-        f"{_fmt(m['psnr_phys'])} dB (physical), SAM {_fmt(m['sam'])} deg -> {args.out}")
+    write_outputs(args.out, ev, inp, p, args.source, args)
+    for r in ev.results:
+        if r.method in SSCNET_METHODS:
+            s = r.acc.summary()
+            log(f"evaluate: {r.method} ({r.setting}) {r.bpppc:.4f} bpppc, PSNR "
+                f"{R.fmt(s['psnr'])} dB (peak 1), {R.fmt(s['psnr_phys'])} dB (physical), SAM "
+                f"{R.fmt(s['sam'])} deg")
+    log(f"evaluate: report -> {args.out / 'report.md'}")
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -64,10 +64,11 @@ def rd_plot(
 ) -> Path:
     """Metric against bpppc (log x), one curve per method.
 
-    SSCNet points are red stars; lossless codecs are vertical lines at their rate (every lossy
-    point to the right of the lowest one is dominated); flagged rows (the paper's 8-bit
-    JPEG setting) are hollow and say so in the legend. For PSNR the uniform re-quantisation
-    formula 10.79 + 6.02 b is drawn as a dotted reference.
+    SSCNet points are red stars (fp32/fp16 latents) or a red curve (entropy-coded models,
+    one point per checkpoint, e.g. a lambda sweep); lossless codecs are vertical lines at
+    their rate (every lossy point to the right of the lowest one is dominated); flagged rows
+    (the paper's 8-bit JPEG setting) are hollow and say so in the legend. For PSNR the
+    uniform re-quantisation formula 10.79 + 6.02 b is drawn as a dotted reference.
     """
     fig, ax = plt.subplots(figsize=(10.0, 5.0))
     groups: dict[str, list[tuple[float, float, str]]] = {}
@@ -96,9 +97,14 @@ def rd_plot(
             style = dict(_STYLE["sscnet"])
             if "fp16" in method:
                 style.update(marker="P", markersize=10)
+            if method == "sscnet_rd":  # entropy-coded models (a lambda sweep): one curve
+                style.update(marker="o", markersize=7, lw=1.5, ls="-")
+                label += " (entropy-coded, real .sscz bytes)"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, zorder=5, **style)
-            for x, y, _ in pts:
-                ax.annotate(method.replace("sscnet_", ""), (x, y), textcoords="offset points",
+            for x, y, setting in pts:
+                text = (setting.split(",")[0] if method == "sscnet_rd"
+                        else method.replace("sscnet_", ""))
+                ax.annotate(text, (x, y), textcoords="offset points",
                             xytext=(6, 4), fontsize=7, color="crimson")
         else:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
@@ -111,7 +117,8 @@ def rd_plot(
             ax.plot(b, requant_line_db(b), color="0.6", ls=":", lw=1.2,
                     label="uniform re-quantisation formula 10.79 + 6.02 b")
     ax.set_xscale("log")
-    ax.set_xlabel("bits per pixel per channel (bpppc, real encoded bytes; SSCNet: latent bits)")
+    ax.set_xlabel("bits per pixel per channel (bpppc: real encoded bytes; SSCNet fp32/fp16: "
+                  "latent bits)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or f"Rate-distortion: {metric}", fontsize=10)

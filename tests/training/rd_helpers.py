@@ -55,7 +55,7 @@ def write_tile_file(path: Path, tiles: np.ndarray, wavelength: np.ndarray | None
 
 def rd_checkpoint(path: Path, tiles: np.ndarray, stats: dict, *, arch: str = "conv",
                   latent=(8, 4), steps: int = 20, seed: int = 0,
-                  normalisation: str = "paper_minmax") -> Path:
+                  normalisation: str = "paper_minmax", lam: float = 1000.0) -> Path:
     """A small rate-distortion checkpoint trained for ``steps`` Adam steps on ``tiles``
     (N, B, T, T) physical values (NaN allowed)."""
     torch.manual_seed(seed)
@@ -70,12 +70,13 @@ def rd_checkpoint(path: Path, tiles: np.ndarray, stats: dict, *, arch: str = "co
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(steps):
         y, bits = net(x)
-        loss = 1000 * torch.mean((y - x) ** 2) + bits.mean() / x[0].numel()
+        loss = lam * torch.mean((y - x) ** 2) + bits.mean() / x[0].numel()
         opt.zero_grad()
         loss.backward()
         opt.step()
     cfg = model.config()
-    cfg.update(normalisation=normalisation, source=stats.get("source", "virtis"))
+    cfg.update(normalisation=normalisation, source=stats.get("source", "virtis"),
+               objective="rate_distortion", **{"lambda": lam})
     state = finalise_state({"model": model, "config": cfg, "epoch": steps, "stats": stats,
                             "normaliser": norm.state_dict()}, codec.eval())
     save_checkpoint(path, state)
