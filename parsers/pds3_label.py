@@ -18,9 +18,12 @@ Keywords are upper-cased.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -239,9 +242,14 @@ def parse_fast(text: str) -> Block:
 
 # --------------------------------------------------------------------------- pvl fallback
 # pvl runs in a child process: pvl 1.3 loops forever on some malformed labels (for example
-# ``SUFFIX_ITEMS = 0 ==>``), and a reader must never hang. The child prints the parsed label
-# as JSON; blocks are {"block": kind, "entries": [[key, value], ...]}, quantities {"q", "u"}.
-PVL_TIMEOUT_S = 20.0
+# ``SUFFIX_ITEMS = 0 ==>``), and a reader must never hang. The child is started once per
+# process and reused (start-up and ``import pvl`` cost more than a parse); it answers each
+# line of JSON texts with one line: the parsed label as JSON, blocks {"block": kind,
+# "entries": [[key, value], ...]}, quantities {"q", "u"}, or null. A parse that takes longer
+# than PVL_TIMEOUT_S (measured by reader fuzzing: a bad label must be refused within a
+# second) kills the child; the next fallback starts a new one.
+PVL_TIMEOUT_S = 0.8
+PVL_START_S = 60.0
 _PVL_CHILD = r"""
 import datetime, json, sys, warnings
 warnings.simplefilter("ignore")
@@ -264,14 +272,18 @@ def conv(o):
         return o
     return str(o)
 
-for text in json.load(sys.stdin):
-    try:
-        module = pvl.loads(text, grammar=pvl.grammar.OmniGrammar(),
-                           decoder=pvl.decoder.OmniDecoder())
-    except Exception:
-        continue
-    json.dump(conv(module), sys.stdout)
-    break
+def parse(texts):
+    for text in texts:
+        try:
+            return conv(pvl.loads(text, grammar=pvl.grammar.OmniGrammar(),
+                                  decoder=pvl.decoder.OmniDecoder()))
+        except Exception:
+            continue
+    return None
+
+print("ready", flush=True)
+for line in sys.stdin:
+    print(json.dumps(parse(json.loads(line))), flush=True)
 """
 
 
@@ -288,22 +300,81 @@ def _from_json(obj: Any, name: str = "") -> Any:
     return obj
 
 
-def parse_with_pvl(texts: list[str], timeout: float | None = None) -> Block | None:
-    """Parse the first of ``texts`` that pvl (lenient grammar) accepts; None if none does."""
-    import json
-    import subprocess
-    import sys
+class _PvlChild:
+    """The pvl child process of this process (started on first use; one request at a time)."""
 
-    try:
-        proc = subprocess.run([sys.executable, "-c", _PVL_CHILD], input=json.dumps(texts),
-                              capture_output=True, text=True,
-                              timeout=timeout or PVL_TIMEOUT_S, check=False)
-    except (subprocess.TimeoutExpired, OSError):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: Any = None
+        self.owner = 0
+
+    def ask(self, request: str, timeout: float) -> str | None:
+        """Send one line, return the answer line; None (child killed) after ``timeout``."""
+        import subprocess
+        import sys
+
+        with self.lock:
+            if self.proc is None or self.owner != os.getpid() or self.proc.poll() is not None:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-c", _PVL_CHILD], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self.owner = os.getpid()
+                if self._line(PVL_START_S) != "ready":
+                    return None
+            try:
+                self.proc.stdin.write(request.encode() + b"\n")
+                self.proc.stdin.flush()
+            except OSError:
+                self.stop()
+                return None
+            return self._line(timeout)
+
+    def _line(self, timeout: float) -> str | None:
+        import select
+
+        fd, data = self.proc.stdout.fileno(), b""
+        deadline = time.monotonic() + timeout
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self.stop()
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                self.stop()
+                return None
+            data += chunk
+        return data.decode().strip()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.owner == os.getpid():
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+_PVL = _PvlChild()
+_PVL_ANSWERS: dict[str, str | None] = {}  # the last few requests and pvl's answers
+atexit.register(_PVL.stop)
+
+
+def parse_with_pvl(texts: list[str], timeout: float | None = None) -> Block | None:
+    """Parse the first of ``texts`` that pvl (lenient grammar) accepts; None if none does
+    (or pvl takes longer than ``timeout`` seconds, default :data:`PVL_TIMEOUT_S`)."""
+    import json
+
+    request = json.dumps(texts)
+    if request in _PVL_ANSWERS:  # e.g. cube format detection, then the reader: one parse
+        answer = _PVL_ANSWERS[request]
+    else:
+        answer = _PVL.ask(request, timeout=timeout or PVL_TIMEOUT_S)
+        if len(_PVL_ANSWERS) >= 16:
+            _PVL_ANSWERS.pop(next(iter(_PVL_ANSWERS)))
+        _PVL_ANSWERS[request] = answer
+    if not answer:
         return None
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None
     try:
-        result = _from_json(json.loads(proc.stdout))
+        result = _from_json(json.loads(answer))
     except (ValueError, KeyError, TypeError):
         return None
     return result if isinstance(result, Block) else None
@@ -356,7 +427,7 @@ def parse_label_text(text: str, path: str | os.PathLike[str] = "label", *,
             with contextlib.suppress(LabelSyntaxError):
                 return parse_fast(repaired)
     elif _worth_pvl(text):
-        block = parse_with_pvl([text, repair_missing_commas(text)])
+        block = parse_with_pvl(list(dict.fromkeys([text, repair_missing_commas(text)])))
         if block is not None:
             return block
     raise ProductError(path, f"cannot parse label: {first_error}")

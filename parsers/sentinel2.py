@@ -45,6 +45,7 @@ import re
 import warnings
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -421,6 +422,9 @@ def _open(href: str, label: str | None = None):
         src = rasterio.open(_gdal_path(href))
     except (RasterioError, OSError) as exc:
         raise ProductError(label, f"not a readable raster ({_rio_problem(exc, href)})") from None
+    if src.count > _MAX_RASTER_BANDS:  # a damaged header; reading it would take seconds
+        src.close()
+        raise ProductError(label, f"{src.count} bands: not a Sentinel-2 raster (damaged header?)")
     try:
         yield src
     finally:
@@ -624,6 +628,10 @@ def _assemble(
 # SAFE products
 
 
+_MAX_RASTER_BANDS = 256  # a Sentinel-2 raster file holds 1 band, or up to 13 + SCL
+_MAX_MEMBER_BYTES = 256 * 2**20  # metadata members of a SAFE zip (MTD xml: about 60 kB)
+
+
 class _SafeListing:
     """Files of a SAFE product, in a folder or a zip, addressed by path relative to ``.SAFE/``."""
 
@@ -668,7 +676,15 @@ class _SafeListing:
 
     def read_bytes(self, rel: str) -> bytes:
         if self.zip is not None:
-            return self.zip.read(self.prefix + rel)
+            name = self.prefix + rel
+            try:
+                if self.zip.getinfo(name).file_size > _MAX_MEMBER_BYTES:
+                    raise ProductError(self.path, f"{rel}: claims more than "
+                                                  f"{_MAX_MEMBER_BYTES:,} bytes (damaged zip?)")
+                return self.zip.read(name)
+            except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError,
+                    NotImplementedError) as exc:  # a damaged member of the zip
+                raise ProductError(self.path, f"{rel}: cannot unpack ({exc})") from None
         assert self.root_dir is not None
         return (self.root_dir / rel).read_bytes()
 

@@ -12,6 +12,7 @@ CLI: ``python -m parsers.virtis FILE``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import warnings
@@ -337,7 +338,7 @@ def read(path: str | os.PathLike[str], *, allow_short: bool = False) -> VirtisCu
         raise ProductError(path, f"not a VIRTIS product (INSTRUMENT_ID = {instrument or 'none'})"
                                  "; use parsers.pds3 for other QUBEs")
     level_num = pds3.label_number(label.get("PROCESSING_LEVEL_ID"))  # may be quoted
-    level = int(level_num) if level_num is not None else None
+    level = int(level_num) if level_num is not None and math.isfinite(level_num) else None
     kind = _kind(label, level)
     cube = pds3.read(path, allow_short=allow_short, prefer_corners=False,
                      prefer_item_width=(kind == "raw"),

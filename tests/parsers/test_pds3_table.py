@@ -129,4 +129,4 @@ def test_pvl_is_only_called_by_the_label_parser_child() -> None:
             if any(n == "pvl" or n.startswith("pvl.") for n in names):
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
-    assert "timeout=timeout or PVL_TIMEOUT_S" in (root / "parsers/pds3_label.py").read_text()
+    assert "timeout or PVL_TIMEOUT_S" in (root / "parsers/pds3_label.py").read_text()
