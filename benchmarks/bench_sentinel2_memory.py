@@ -84,16 +84,11 @@ def run_case(case: str, folder: Path, chunk_mb: float) -> dict:
         st = product_partial("sentinel2", folder, HistogramSpec(), chunk_mb)
         shape = (st.bands, int(st.count[0] + st.invalid[0]))
     elif case == "tiles":
-        from pipeline.params import load_section
-        from pipeline.tiles import (
-            Sentinel2TileParams,
-            TileLayout,
-            make_tile_block,
-            make_tile_tasks,
-        )
+        from pipeline.params import load_stage
+        from pipeline.tiles import TileLayout, TileParams, make_tile_block, make_tile_tasks
 
         root = Path(__file__).resolve().parents[1]
-        params = load_section(Sentinel2TileParams, "tiles.sentinel2", root / "params.yaml")
+        params = load_stage(TileParams, "tiles", "sentinel2", root / "params.yaml")
         product = open_product("sentinel2", folder)
         layout = TileLayout(product.bands, params.size, "<u2", True, params.compression,
                             params.compression_level, params.shuffle)

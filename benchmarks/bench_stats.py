@@ -102,12 +102,12 @@ class PeakRSS:
 
 
 def tile_params(workers: int, scheduler: str):
-    from pipeline.params import load_section
-    from pipeline.tiles import VirtisTileParams
+    from pipeline.params import load_stage
+    from pipeline.tiles import TileParams
 
     root = Path(__file__).resolve().parents[1]
-    return load_section(VirtisTileParams, "tiles.virtis", root / "params.yaml",
-                        {"scheduler": scheduler, "workers": workers})
+    return load_stage(TileParams, "tiles", "virtis", root / "params.yaml",
+                      {"scheduler": scheduler, "workers": workers})
 
 
 def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict:

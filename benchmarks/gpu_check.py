@@ -284,7 +284,7 @@ def phase_evaluate(sizes: Sizes, dry: bool, work: Path, deadline: float) -> dict
 
     dev = _device(dry)
     params = work / "evaluate.yaml"
-    params.write_text("evaluate: {common: {fsim: false}}\n")
+    params.write_text("evaluate: {fsim: false}\n")
     out: dict[str, Any] = {"runs": []}
     for name, (source, _) in sizes.models.items():
         ckpt, tiles = work / f"{source}-device" / "last.pt", _tile_file(work, sizes, name)
@@ -293,7 +293,7 @@ def phase_evaluate(sizes: Sizes, dry: bool, work: Path, deadline: float) -> dict
                                                           "(the data phase did not finish)"})
             continue
         eval_dir = work / f"eval-{source}"
-        cmd = [sys.executable, "-m", "training.evaluate", "--params", str(params), "--source",
+        cmd = [sys.executable, "-m", "training.evaluate", "--params", str(params), "--dataset",
                source, "--tiles", str(tiles), "--checkpoint", str(ckpt), "--out",
                str(eval_dir), "--no-baselines", "--quiet", "--device", dev.type,
                "--max-tiles", str(sizes.eval_tiles[source]), "--batch-size",
@@ -334,7 +334,7 @@ def phase_ddp(sizes: Sizes, dry: bool, work: Path, deadline: float) -> dict[str,
     source, kw = sizes.models[name]
     out_dir = work / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training.train", "--params", str(_params_file(work)), "--source",
+           "-m", "training.train", "--params", str(_params_file(work)), "--dataset",
            source, "--tiles", str(_tile_file(work, sizes, name)), "--out", str(out_dir),
            "--arch", kw["arch"], "--latent", str(kw["latent"]), "--epochs", "2",
            "--batch-size", str(sizes.batch), "--val-fraction", "0", "--workers", "0",

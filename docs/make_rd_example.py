@@ -100,9 +100,11 @@ def main() -> None:
     cfg.update(normalisation="paper_minmax", source="jasper")
     save_checkpoint(a.workdir / "best.pt", {"model": model, "config": cfg, "epoch": a.steps,
                                             "stats": stats, "normaliser": norm.state_dict()})
-    (a.workdir / "params.yaml").write_text("evaluate: {rates: [0.25, 0.5, 1, 2, 4]}\n")
+    (a.workdir / "params.yaml").write_text(
+        "evaluate: {rates: [0.25, 0.5, 1, 2, 4]}\n"
+        f"datasets: {{jasper: {{kind: cube, products: {a.workdir}}}}}\n")
     out = a.workdir / "eval"
-    evaluate.main(["--params", str(a.workdir / "params.yaml"), "--source", "jasper",
+    evaluate.main(["--params", str(a.workdir / "params.yaml"), "--dataset", "jasper",
                    "--tiles", str(a.workdir / "test.h5"), "--checkpoint",
                    str(a.workdir / "best.pt"), "--out", str(out), "--device", "cpu"])
     rows = list(csv.DictReader((out / "rd.csv").open()))

@@ -156,8 +156,8 @@ _WARNED_BANDS: set[tuple[str, ...]] = set()  # warn once per band list and proce
 
 @dataclass(frozen=True)
 class Sentinel2Settings:
-    """Reader settings: params.yaml section ``sentinel2`` keys ``bands``, ``resampling``,
-    ``harmonise``."""
+    """Reader settings: params.yaml ``datasets.<name>.reader`` of a sentinel2 data set, keys
+    ``bands``, ``resampling``, ``harmonise``."""
 
     bands: tuple[str, ...] = DEFAULT_BANDS
     resampling: Resampling = "nearest"

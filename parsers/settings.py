@@ -201,7 +201,15 @@ def to_dict(obj: Any) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """``int | tuple[int, int]``, ``BandSelection | list[int] | None``: as a user reads it."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", None) or str(tp)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -232,13 +240,18 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 def _convert_union(value: Any, tp: Any, args: tuple[Any, ...], where: str) -> Any:
     if value is None and type(None) in args:
         return None
+    deeper: list[ParamsError] = []
     for arg in args:
         if arg is type(None):
             continue
         try:
             return _convert(value, arg, where)
-        except ParamsError:
-            continue
+        except ParamsError as exc:
+            # An arm that took the value's shape and failed inside says more than "expected".
+            if not str(exc).startswith(f"{where}: expected"):
+                deeper.append(exc)
+    if deeper:
+        raise deeper[0]
     raise ParamsError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 

@@ -10,8 +10,9 @@ path of the evaluation report.
 
 The workspace keeps all stage outputs (tiles, checkpoints, metrics, plots, reports) and a git
 commit of the result; afterwards, ``cd DIR/workspace`` and try ``dvc status``, ``dvc metrics
-show``, ``dvc plots show`` or ``dvc exp run -S train.sentinel2.latent=500``. Only a change to a
-download section needs the servers again (they live as long as the demo): rerun the demo with
+show``, ``dvc plots show`` or ``dvc exp run -S datasets.sentinel2.train.latent=500``. Only a
+change to a download section needs the servers again (they live as long as the demo): rerun the
+demo with
 the same ``--workdir`` instead. Such a rerun serves on new ports, so the downloads run again.
 """
 
@@ -77,41 +78,42 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "download_sentinel2.window_px": 0,     # the whole (small) synthetic item
     "split.seed": 3,                   # seed 1 puts 3 of the 4 demo Sentinel-2 products in test
     "stats.workers": 2,
-    "tiles.virtis.size": 32,           # 432 x 32 x 32 tiles
-    "tiles.sentinel2.size": 48,        # the paper's 9 x 48 x 48
-    "tiles.sentinel2.max_invalid_fraction": 0.5,  # the synthetic SCL is ~36 % cloud everywhere
-    "train.common.epochs": 40,         # ~1 min on 2 cores: the tiny models learn something
-    "train.common.lr": 1.0e-3,         # few steps: learn faster than the paper's 1e-4
-    "train.common.batch_size": 8,
-    "train.common.workers": 0,         # no DataLoader processes for a few dozen tiles
-    "train.common.checkpoint_every": 1,
-    "train.common.device": "cpu",
-    "train.virtis.latent": [128, 4],   # conv latent for 32 px tiles (ratio 216:1)
-    "train.virtis.widths": [16, 16, 32, 32],
-    "train.sentinel2.widths": [16, 16, 32, 32],
-    "evaluate.common.device": "cpu",
-    "evaluate.common.rates": [0.5, 2.0],           # two JPEG 2000 rate searches
-    "evaluate.common.requant_bits": [8],
-    "evaluate.common.pca": [[3, 8]],
-    "evaluate.common.jpegxl_distances": [1.0],
-    "evaluate.common.jpeg8_qualities": [95],
-    "evaluate.common.sz3_relative": [1.0e-3],
-    "evaluate.common.calibration_tiles": 1,
-    "evaluate.common.structural_baselines": False,  # SSIM for SSCNet only
-    "evaluate.common.fsim": False,
-    "evaluate.virtis.max_tiles": 2,                  # 432-band baselines are slow on CPU
-    "evaluate.sentinel2.max_tiles": 8,
+    "datasets.virtis.tiles.size": 32,           # 432 x 32 x 32 tiles
+    "datasets.sentinel2.tiles.size": 48,        # the paper's 9 x 48 x 48
+    # the synthetic SCL is ~36 % cloud everywhere
+    "datasets.sentinel2.tiles.max_invalid_fraction": 0.5,
+    "train.epochs": 40,         # ~1 min on 2 cores: the tiny models learn something
+    "train.lr": 1.0e-3,         # few steps: learn faster than the paper's 1e-4
+    "train.batch_size": 8,
+    "train.workers": 0,         # no DataLoader processes for a few dozen tiles
+    "train.checkpoint_every": 1,
+    "train.device": "cpu",
+    "datasets.virtis.train.latent": [128, 4],   # conv latent for 32 px tiles (ratio 216:1)
+    "datasets.virtis.train.widths": [16, 16, 32, 32],
+    "datasets.sentinel2.train.widths": [16, 16, 32, 32],
+    "evaluate.device": "cpu",
+    "evaluate.rates": [0.5, 2.0],           # two JPEG 2000 rate searches
+    "evaluate.requant_bits": [8],
+    "evaluate.pca": [[3, 8]],
+    "evaluate.jpegxl_distances": [1.0],
+    "evaluate.jpeg8_qualities": [95],
+    "evaluate.sz3_relative": [1.0e-3],
+    "evaluate.calibration_tiles": 1,
+    "evaluate.structural_baselines": False,  # SSIM for SSCNet only
+    "evaluate.fsim": False,
+    "datasets.virtis.evaluate.max_tiles": 2,                  # 432-band baselines are slow on CPU
+    "datasets.sentinel2.evaluate.max_tiles": 8,
 }
 
 #: Even smaller settings for the end-to-end test (applied on top of DEMO_OVERRIDES).
 TEST_OVERRIDES: dict[str, Any] = {
     "download_pds.max_files": 3,
-    "tiles.virtis.size": 16,
-    "train.common.epochs": 1,
-    "train.virtis.latent": [64, 2],
-    "train.virtis.widths": [8, 8, 16, 16],
-    "train.sentinel2.widths": [8, 8, 16, 16],
-    "train.sentinel2.latent": 200,
+    "datasets.virtis.tiles.size": 16,
+    "train.epochs": 1,
+    "datasets.virtis.train.latent": [64, 2],
+    "datasets.virtis.train.widths": [8, 8, 16, 16],
+    "datasets.sentinel2.train.widths": [8, 8, 16, 16],
+    "datasets.sentinel2.train.latent": 200,
 }
 
 DEMO_SIZES = ArchiveSizes()
@@ -381,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plots = workspace / "plots" / "index.html"
     print(f"demo: finished in {elapsed:.0f} s; all plots (dvc plots show): {plots}")
     print(f"demo: try: cd {workspace} && dvc status && dvc metrics show && "
-          "dvc exp run -S train.sentinel2.latent=500")
+          "dvc exp run -S datasets.sentinel2.train.latent=500")
     # The VIRTIS report last: it is the hyperspectral case the project is about.
     for path in reports[::-1][:-1]:
         print(f"demo: report: {path}")

@@ -21,7 +21,7 @@ source URL, size, sha256 and the query. Passing that file back with ``--locked``
 those products again and fails if any differs (stac: by pixel content, since the GeoTIFF is
 rebuilt locally). Products already present are not fetched
 again. Settings come from the ``download_sentinel2`` section of params.yaml (flags override)
-and the band list from ``sentinel2.bands``.
+and the band list from ``datasets.sentinel2.reader.bands``.
 """
 
 from __future__ import annotations
@@ -131,19 +131,24 @@ def _iso_date(text: str):
     return dt.date.fromisoformat(str(text)[:10])
 
 
+#: The reader settings of the data set this stage downloads for.
+READER_SECTION = "datasets.sentinel2.reader"
+
+
 def load_bands(params_path: str | Path) -> tuple[str, ...]:
-    """The band list of params section ``sentinel2.bands`` (default: the 9 default bands).
+    """The band list of params ``datasets.sentinel2.reader.bands``: the bands the data set
+    ``sentinel2`` reads are the ones downloaded (default: the 9 default bands).
 
     Validated: 9 distinct known band names starting with B02, B03, B04 (docs/sentinel2.md, s. 2).
     """
     path = Path(params_path)
     if not path.is_file():
         return DEFAULT_BANDS
-    bands = load_section(Sentinel2Settings, "sentinel2", path).bands
+    bands = load_section(Sentinel2Settings, READER_SECTION, path).bands
     try:
         return check_bands(bands, paper_layout=True)
     except ParamsError as exc:
-        raise ParamsError(f"{path}: sentinel2.bands: {exc}") from None
+        raise ParamsError(f"{path}: {READER_SECTION}.bands: {exc}") from None
 
 
 @dataclass

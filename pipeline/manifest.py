@@ -1,10 +1,15 @@
-"""``DIR/manifest.json``: what a download stage fetched, and the lock that replays it.
+"""``DIR/manifest.json``: what a download stage fetched (or :mod:`pipeline.register` found on
+disk), and the lock that replays it.
 
-Format (shared by every download stage and read by ``pipeline.split``)::
+Format (shared by every download stage and ``pipeline.register``, read by ``pipeline.split``)::
 
-    {"source": "virtis" | "sentinel2", "query": {...},
+    {"source": "virtis" | "sentinel2" | <data set name>, "query": {...},
      "files": [{"product_id": str, "path": str (relative to DIR, '/'-separated),
                 "url": str, "size": int, "sha256": str, "meta": {...}}, ...]}
+
+A registered manifest has ``query.register`` (kind, patterns, allow_mixed), an empty ``url``
+and reader facts in ``meta`` (format, dtype, bands, lines, samples, wavelength_nm); its paths
+may lead outside DIR (``../cubes/a.hdr``): the files stay where they are.
 
 A manifest written by one run, passed back with ``--locked``, makes a later run fetch exactly
 those files (:func:`locked_jobs`) and fail loudly when any byte differs
@@ -128,9 +133,21 @@ class Manifest:
         """Add ``entry``, replacing any entry with the same path."""
         self.files = [f for f in self.files if f.path != entry.path] + [entry]
 
+    @property
+    def registered(self) -> bool:
+        """Written by :mod:`pipeline.register`: local files, possibly outside the folder."""
+        return "register" in self.query
+
+    def path_of(self, root: str | os.PathLike[str], entry: ManifestEntry) -> Path:
+        """Where ``entry`` lies: under ``root`` for a download (a path leaving it is refused),
+        anywhere relative to ``root`` for registered local files."""
+        if self.registered:
+            return Path(os.path.normpath(Path(root) / entry.path))
+        return safe_join(root, entry.path)
+
     def paths(self, root: str | os.PathLike[str]) -> list[Path]:
-        """Absolute paths of the files under ``root`` (refusing paths that leave it)."""
-        return [safe_join(root, f.path) for f in self.files]
+        """Absolute paths of the files (see :meth:`path_of`)."""
+        return [self.path_of(root, f) for f in self.files]
 
 
 def read_if_exists(path: str | os.PathLike[str]) -> Manifest | None:
@@ -184,7 +201,7 @@ def check_files(manifest: Manifest, root: str | os.PathLike[str]) -> list[str]:
     """Problems of the files on disk against ``manifest`` (missing, size, sha256)."""
     problems = []
     for entry in manifest.files:
-        path = safe_join(root, entry.path)
+        path = manifest.path_of(root, entry)
         if not path.is_file():
             problems.append(f"{entry.path}: missing")
         elif path.stat().st_size != entry.size:

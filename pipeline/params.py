@@ -1,21 +1,29 @@
-"""The settings of the pipeline stages: which sections of ``params.yaml`` each one reads.
+"""The settings of the pipeline: data sets, and which sections of ``params.yaml`` each stage reads.
 
 The mechanism (strict typed loading into frozen dataclasses, close-name suggestions for
 unknown keys, override flags generated from the fields) is :mod:`parsers.settings`, which
-the reader CLIs use too; this module re-exports it and adds the stage layering:
+the reader CLIs use too; this module re-exports it and adds what is particular to the
+pipeline:
 
-* a stage that runs once (``download_pds``, ``split``, ``stats``) reads its own section;
-* a stage that runs per data set reads two layers, the stage's common settings and the
-  data set's own part (:func:`stage_sections`), merged by :func:`load_stage`, with
-  command-line overrides on top.
+* **data sets** (:class:`DatasetParams`): the named entries of section ``datasets``, each with
+  a reader kind, where its products are, the bands to keep, and its own layer of every
+  per-data-set stage (``split``, ``stats``, ``tiles``, ``train``, ``evaluate``);
+* **stage layers** (:func:`load_stage`): a per-data-set stage reads its common section
+  (``tiles``) and then the data set's part (``datasets.<name>.tiles``), with command-line
+  overrides on top. Stages that run once (the downloads) read one section
+  (:func:`~parsers.settings.load_section`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
+from parsers.errors import ParamsError
 from parsers.settings import (
     DEFAULT_PARAMS,
     add_flags,
@@ -23,33 +31,143 @@ from parsers.settings import (
     from_dict,
     load_layers,
     load_section,
+    params_label,
     read_params_file,
+    section_of,
     to_dict,
 )
 
 T = TypeVar("T")
-
-#: The data sets of the pipeline, in stage order (dvc.yaml runs a chain for each).
-SOURCES: tuple[str, ...] = ("virtis", "sentinel2")
+PathLike = str | os.PathLike[str]
 
 __all__ = [
-    "DEFAULT_PARAMS", "SOURCES", "add_flags", "flag_overrides", "from_dict", "load_layers",
+    "DATASET_STAGES", "DEFAULT_PARAMS", "KINDS", "SOURCES", "BandSelection", "DatasetParams",
+    "add_flags", "dataset_names", "flag_overrides", "from_dict", "load_dataset", "load_layers",
     "load_section", "load_stage", "read_params_file", "stage_sections", "to_dict",
 ]
+
+Kind = Literal["virtis", "sentinel2", "cube"]
+#: The readers a data set can use: the VIRTIS reader, the Sentinel-2 reader, and
+#: :func:`parsers.cube.open_cube` for any PDS3 QUBE, ENVI or GeoTIFF cube.
+KINDS: tuple[str, ...] = typing.get_args(Kind)
+#: The data sets the download stages fetch (dvc.yaml's download_pds / download_sentinel2).
+SOURCES: tuple[str, ...] = ("virtis", "sentinel2")
+#: The stages dvc.yaml runs once per data set, in order.
+DATASET_STAGES: tuple[str, ...] = ("split", "stats", "tiles", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class BandSelection:
+    """Params ``datasets.<name>.bands``: which bands of every product to keep (null: all).
+
+    indices: 0-based band indices, kept in this order (a plain list means this).
+    wavelength_nm: ``[lo, hi]``: the bands whose centre lies in this closed range (nm).
+    exclude_nm: ``[[lo, hi], ...]``: drop the bands in these ranges (e.g. water vapour).
+    """
+
+    indices: list[int] | None = None
+    wavelength_nm: tuple[float, float] | None = None
+    exclude_nm: list[tuple[float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.indices is not None:
+            if not self.indices or min(self.indices) < 0:
+                raise ValueError("bands.indices must list band numbers >= 0")
+            if len(set(self.indices)) != len(self.indices):
+                raise ValueError("bands.indices repeats a band")
+            if self.wavelength_nm or self.exclude_nm:
+                raise ValueError("bands: give indices or wavelength ranges, not both")
+        for lo, hi in [*([self.wavelength_nm] if self.wavelength_nm else []), *self.exclude_nm]:
+            if not lo < hi:
+                raise ValueError(f"bands: wavelength range [{lo}, {hi}] is empty (lo < hi)")
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """One entry of params section ``datasets`` (docs/datasets.md).
+
+    kind: the reader (:data:`KINDS`).
+    products: the folder the stages read: it holds ``manifest.json`` (a download stage or
+        ``python -m pipeline.register`` wrote it), or the files that ``files`` names. DVC
+        watches this folder.
+    files: globs relative to ``products`` (or absolute): the data set is these files,
+        registered when the split runs; [] = the products ``products/manifest.json`` lists.
+    allow_mixed: accept files whose band count or wavelengths differ from the first one's.
+    bands: which bands to keep (:class:`BandSelection`; a list = indices; null = all).
+    reader: the kind's reader settings (sentinel2: bands, resampling, harmonise; cube:
+        drop_bad_bands; virtis: none).
+    split, stats, tiles, train, evaluate: this data set's layer over the stage's common
+        section (same keys as that section).
+    """
+
+    kind: Kind
+    products: str
+    files: list[str] = field(default_factory=list)
+    allow_mixed: bool = False
+    bands: BandSelection | list[int] | None = None
+    reader: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    tiles: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bands = self.bands
+        if bands is None:
+            bands = BandSelection()
+        elif isinstance(bands, list):
+            bands = BandSelection(indices=bands)
+        object.__setattr__(self, "bands", bands)
+        if not self.products:
+            raise ValueError("products must name a folder")
+
+
+def _datasets(data: Mapping[str, Any], label: str) -> dict[str, Any]:
+    return section_of(data, "datasets", label)
+
+
+def dataset_names(path: PathLike | None = DEFAULT_PARAMS) -> list[str]:
+    """The data sets params section ``datasets`` names, in file order."""
+    return list(_datasets(read_params_file(path), params_label(path)))
+
+
+def load_dataset(name: str, path: PathLike | None = DEFAULT_PARAMS) -> DatasetParams:
+    """Data set ``name`` of params section ``datasets`` (strictly checked).
+
+    A params file without that entry still knows the data sets named after a kind
+    (``virtis``, ``sentinel2``: products in ``data/raw/<name>``); any other name is an error
+    that suggests the close names.
+    """
+    label = params_label(path)
+    entries = _datasets(read_params_file(path), label)
+    if name not in entries:
+        if name in KINDS and name != "cube":
+            return DatasetParams(kind=name, products=f"data/raw/{name}")  # type: ignore[arg-type]
+        close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        known = f"; it has {', '.join(entries)}" if entries and not close else ""
+        raise ParamsError(f"{label}: data set {name!r} is not in section 'datasets'{hint}{known}")
+    entry = entries[name]
+    if not isinstance(entry, Mapping):
+        raise ParamsError(f"{label}: datasets.{name} must be a mapping")
+    return from_dict(DatasetParams, entry, where=f"{label}: datasets.{name}")
 
 
 def stage_sections(stage: str, dataset: str) -> list[str]:
     """The params sections of ``stage`` for ``dataset``, common layer first."""
-    return [f"{stage}.common", f"{stage}.{dataset}"]
+    return [stage, f"datasets.{dataset}.{stage}"]
 
 
 def load_stage(
     cls: type[T],
     stage: str,
     dataset: str,
-    path: str | os.PathLike[str] | None = DEFAULT_PARAMS,
+    path: PathLike | None = DEFAULT_PARAMS,
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
-    """Settings of ``stage`` for ``dataset``: its common layer, the data set's layer, then
-    the non-None ``overrides``. ``path=None``: ./params.yaml when present, else defaults."""
+    """Settings of ``stage`` for ``dataset``: the common section ``stage``, the data set's
+    layer ``datasets.<dataset>.<stage>``, then the non-None ``overrides``.
+    ``path=None``: ./params.yaml when present, else defaults."""
+    load_dataset(dataset, path)  # the data set must exist (and be well formed)
     return load_layers(cls, stage_sections(stage, dataset), path, overrides)

@@ -9,14 +9,24 @@ existing one. Only when the rule leaves a side with fewer than ``min_test`` /
 ``min_train`` keys are the keys with the lowest (resp. highest) scores moved over; with
 realistic product counts this never happens, and it is recorded in the split file.
 
-CLI: ``python -m pipeline.split --params params.yaml --source S --products data/raw/S
---out data/split/S.json``. Params section ``split`` (:class:`SplitParams`).
+**Strips.** A data set of one or two large scenes (an airborne flight line) has too few
+products for a split. ``strip_lines: N`` cuts every product into strips of N lines (the last
+strip takes the remainder) and splits the strips instead: key ``<group>:<first>-<stop>``.
+Strips of one product never share a pixel, but neighbouring strips are spatially close.
+
+The products are those of the data set (params ``datasets.<name>``, :mod:`pipeline.params`):
+``products/manifest.json`` (a download, or ``python -m pipeline.register``), or the files the
+entry's ``files`` globs name, registered here (:func:`pipeline.register.build_manifest`).
+
+CLI: ``python -m pipeline.split --params params.yaml --dataset NAME --out data/split/NAME.json
+[--products DIR]``. Params ``split`` + ``datasets.<name>.split`` (:class:`SplitParams`).
 
 Output (JSON, written atomically)::
 
-    {"source": S, "seed": .., "test_fraction": .., "group_by": ..,
+    {"source": NAME, "seed": .., "test_fraction": .., "group_by": .., "strip_lines": ..,
      "products_dir": "<products folder, relative to this file>",
-     "train": [{"product_id", "path" (relative to products_dir), "group", "score"}, ...],
+     "train": [{"product_id", "path" (relative to products_dir), "group", "score",
+                ["strip": [first, stop)]}, ...],
      "test": [...], "forced": [keys moved by min_test/min_train]}
 """
 
@@ -35,8 +45,8 @@ from typing import Any, Literal
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section
-from pipeline.products import ProductRef, check_source, list_products
+from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage
+from pipeline.products import ProductRef, list_products, refs_from_manifest
 
 SPLITS = ("train", "test")
 
@@ -54,6 +64,7 @@ class SplitParams:
         radiance, the paper's data; ``raw`` DNs and ``geo`` geometry cubes are left out).
     channels: VIRTIS channels to use (manifest ``meta.channel``), empty = all. Products of
         different channels should not share statistics: list one channel per dataset.
+    strip_lines: 0 = split whole products; N > 0 = split strips of N lines (module docstring).
     """
 
     seed: int = 1
@@ -63,12 +74,13 @@ class SplitParams:
     min_train: int = 1
     kinds: list[str] = field(default_factory=lambda: ["cal"])
     channels: list[str] = field(default_factory=list)
+    strip_lines: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError("test_fraction must lie in [0, 1)")
-        if self.min_test < 0 or self.min_train < 0:
-            raise ValueError("min_test and min_train must be >= 0")
+        if self.min_test < 0 or self.min_train < 0 or self.strip_lines < 0:
+            raise ValueError("min_test, min_train and strip_lines must be >= 0")
 
 
 def score(seed: int, key: str) -> float:
@@ -124,42 +136,70 @@ def assign(
     return side, forced
 
 
+def cut_strips(
+    products: Sequence[ProductRef], kind: str, strip_lines: int,
+    options: dict[str, Any] | None = None,
+) -> list[ProductRef]:
+    """Each product as strips of ``strip_lines`` lines (``meta["strip"] = [first, stop]``);
+    the last strip of a product takes the remainder. ``strip_lines`` 0: unchanged."""
+    if strip_lines <= 0:
+        return list(products)
+    from pipeline.products import open_product
+
+    out = []
+    for p in products:
+        lines = open_product(kind, p.path, options).lines
+        starts = list(range(0, max(lines - strip_lines, 0) + 1, strip_lines))
+        stops = [*starts[1:], lines]
+        for a, b in zip(starts, stops, strict=True):
+            out.append(ProductRef(p.product_id, p.path, {**p.meta, "strip": [a, b]}))
+    return out
+
+
+def _key(p: ProductRef, kind: str, params: SplitParams) -> str:
+    group = (p.product_id if params.group_by == "product"
+             else scene_key(kind, p.product_id, p.meta))
+    lines = p.meta.get("strip")
+    return group if lines is None else f"{group}:{lines[0]}-{lines[1]}"
+
+
 def make_split(
-    products: Sequence[ProductRef], source: str, params: SplitParams
+    products: Sequence[ProductRef], kind: str, params: SplitParams
 ) -> dict[str, list[dict[str, Any]]]:
-    """Split ``products`` into {"train": [...], "test": [...], "forced": [...]} (sorted by id)."""
-    groups = {
-        p.product_id: (p.product_id if params.group_by == "product"
-                       else scene_key(source, p.product_id, p.meta))
-        for p in products
-    }
-    side, forced = assign(list(groups.values()), params)
+    """Split ``products`` (or strips of them) into {"train": [...], "test": [...],
+    "forced": [...]}, sorted by product id and first line."""
+    keys = [_key(p, kind, params) for p in products]
+    side, forced = assign(keys, params)
     out: dict[str, list[Any]] = {"train": [], "test": [], "forced": sorted(forced)}
-    for p in sorted(products, key=lambda p: p.product_id):
-        key = groups[p.product_id]
-        out[side[key]].append(
-            {"product_id": p.product_id, "path": p.path, "group": key,
-             "score": round(score(params.seed, key), 6)}
-        )
+    order = sorted(range(len(products)), key=lambda i: (products[i].product_id,
+                                                        products[i].meta.get("strip") or []))
+    for i in order:
+        p, key = products[i], keys[i]
+        entry = {"product_id": p.product_id, "path": p.path, "group": key,
+                 "score": round(score(params.seed, key), 6)}
+        if p.meta.get("strip") is not None:
+            entry["strip"] = list(p.meta["strip"])
+        out[side[key]].append(entry)
     return out
 
 
 def write_split(
     out: str | os.PathLike[str], source: str, products_dir: str | os.PathLike[str],
-    params: SplitParams, products: Sequence[ProductRef],
+    params: SplitParams, products: Sequence[ProductRef], kind: str | None = None,
 ) -> dict[str, Any]:
-    """Compute the split of ``products`` and write it atomically to ``out``; return it."""
+    """Compute the split of data set ``source``'s ``products`` (reader ``kind``, default
+    ``source``) and write it atomically to ``out``; return it."""
     out = Path(out)
     root = Path(os.path.abspath(products_dir))  # symlinked products stay under root
-    split = make_split(products, source, params)
+    split = make_split(products, kind or source, params)
     doc: dict[str, Any] = {
         "source": source, "seed": params.seed, "test_fraction": params.test_fraction,
-        "group_by": params.group_by,
+        "group_by": params.group_by, "strip_lines": params.strip_lines,
         "products_dir": Path(os.path.relpath(root, os.path.abspath(out.parent))).as_posix(),
     }
     for name in SPLITS:
         doc[name] = [
-            {**e, "path": Path(os.path.abspath(e["path"])).relative_to(root).as_posix()}
+            {**e, "path": Path(os.path.relpath(os.path.abspath(e["path"]), root)).as_posix()}
             for e in split[name]
         ]
     doc["forced"] = split["forced"]
@@ -200,40 +240,69 @@ def read_split(path: str | os.PathLike[str], source: str | None = None) -> Split
     refs = {}
     for name in SPLITS:
         try:
-            refs[name] = [ProductRef(str(e["product_id"]), root / str(e["path"]), e)
+            refs[name] = [ProductRef(str(e["product_id"]),
+                                     Path(os.path.normpath(root / str(e["path"]))), e)
                           for e in doc[name]]
         except (KeyError, TypeError):
             raise UserError(f"{path}: '{name}' entries need product_id and path") from None
-    both = {p.product_id for p in refs["train"]} & {p.product_id for p in refs["test"]}
+    def pieces(side: str) -> set[tuple[str, tuple[int, ...]]]:
+        return {(p.product_id, tuple(p.meta.get("strip") or ())) for p in refs[side]}
+
+    both = pieces("train") & pieces("test")
     if both:
-        raise UserError(f"{path}: products on both sides of the split: {sorted(both)[:3]}")
+        raise UserError(f"{path}: products on both sides of the split: "
+                        f"{sorted(pid for pid, _ in both)[:3]}")
     return SplitFile(path, str(doc.get("source")), refs["train"], refs["test"], doc)
+
+
+def dataset_products(
+    name: str, params_path: str | os.PathLike[str] | None, products: str | None,
+    params: SplitParams,
+) -> tuple[Path, list[ProductRef]]:
+    """(products folder, products) of data set ``name``: the manifest in ``products`` (or the
+    data set's folder), or the data set's ``files`` registered now."""
+    from pipeline.products import reader_settings
+
+    ds = load_dataset(name, params_path)
+    root = Path(products or ds.products)
+    kinds, channels = (params.kinds, params.channels) if ds.kind == "virtis" else (None, None)
+    if products is not None or not ds.files:
+        return root, list_products(root, ds.kind, kinds, channels, name=name)
+    from pipeline.register import build_manifest
+
+    options = reader_settings(ds.kind, ds.reader, f"datasets.{name}.reader")
+    manifest = build_manifest(name, ds.kind, ds.files, root, root, ds.allow_mixed, options)
+    return root, refs_from_manifest(manifest, root, ds.kind, kinds, channels)
 
 
 @cli_entry("python -m pipeline.split")
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.products import reader_options
+
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.split", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file")
-    parser.add_argument("--source", required=True, choices=SOURCES)
-    parser.add_argument("--products", required=True, help="download folder with manifest.json")
+    parser.add_argument("--params", default=None,
+                        help="params file (default: ./params.yaml when present)")
+    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
+                        help="the data set (an entry of params section datasets)")
+    parser.add_argument("--products", default=None,
+                        help="folder with manifest.json (default: the data set's products)")
     parser.add_argument("--out", required=True, help="split file to write (JSON)")
-    parser.add_argument("--seed", type=int, help="override split.seed")
-    parser.add_argument("--test-fraction", type=float, help="override split.test_fraction")
+    add_flags(parser.add_argument_group("overrides of the params (SplitParams keys)"),
+              SplitParams)
     args = parser.parse_args(argv)
-    check_source(args.source)
-    params = load_section(
-        SplitParams, "split", args.params,
-        {"seed": args.seed, "test_fraction": args.test_fraction},
-    )
+    params = load_stage(SplitParams, "split", args.dataset, args.params,
+                        flag_overrides(args, SplitParams))
     lock_output(args.out, "python -m pipeline.split")
-    virtis = args.source == "virtis"  # kinds/channels are VIRTIS metadata
-    products = list_products(args.products, args.source, params.kinds if virtis else None,
-                             params.channels if virtis else None)
-    doc = write_split(args.out, args.source, args.products, params, products)
+    root, products = dataset_products(args.dataset, args.params, args.products, params)
+    kind = load_dataset(args.dataset, args.params).kind
+    products = cut_strips(products, kind, params.strip_lines,
+                          reader_options(args.dataset, args.params))
+    doc = write_split(args.out, args.dataset, root, params, products, kind)
+    what = "strips" if params.strip_lines else "products"
     print(
-        f"{args.out}: {len(doc['train'])} train / {len(doc['test'])} test products "
+        f"{args.out}: {len(doc['train'])} train / {len(doc['test'])} test {what} "
         f"(seed {params.seed}, test_fraction {params.test_fraction}, group_by {params.group_by})"
         + (f"; forced: {', '.join(doc['forced'])}" if doc["forced"] else "")
     )

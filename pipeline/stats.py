@@ -45,7 +45,7 @@ import numpy as np
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
+from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage, to_dict
 from pipeline.schedulers import check_scheduler, connect, local_compute_kwargs
 
 UINT16_BINS = 1 << 16
@@ -421,17 +421,20 @@ class Task:
 def make_tasks(
     source: str, refs: Sequence[Any], task_lines: int = 0, options: dict[str, Any] | None = None
 ) -> list[Task]:
-    """One task per product, or per ``task_lines`` lines of a product when task_lines > 0."""
+    """One task per product (or strip of one: ``ref.meta["strip"]``), or per ``task_lines``
+    lines of it when task_lines > 0."""
     from pipeline.products import open_product
 
     tasks = []
     for ref in refs:
+        first, stop = (ref.meta.get("strip") if hasattr(ref, "meta") else None) or (0, None)
         if task_lines <= 0:
-            tasks.append(Task(ref.product_id, str(ref.path)))
+            tasks.append(Task(ref.product_id, str(ref.path), first, stop))
             continue
-        lines = open_product(source, ref.path, options).lines
-        for a in range(0, lines, task_lines):
-            tasks.append(Task(ref.product_id, str(ref.path), a, min(lines, a + task_lines)))
+        if stop is None:
+            stop = open_product(source, ref.path, options).lines
+        for a in range(first, stop, task_lines):
+            tasks.append(Task(ref.product_id, str(ref.path), a, min(stop, a + task_lines)))
     return tasks
 
 
@@ -587,34 +590,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.stats", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file")
-    parser.add_argument("--source", required=True, choices=SOURCES)
+    parser.add_argument("--params", default=None,
+                        help="params file (default: ./params.yaml when present)")
+    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
+                        help="the data set (an entry of params section datasets)")
     parser.add_argument("--split", required=True, help="split file from pipeline.split")
     parser.add_argument("--out", required=True, help="statistics JSON to write")
-    parser.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
-    parser.add_argument("--workers", type=int, help="local worker count (0 = CPU count)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(parser.add_argument_group("overrides of the params (StatsParams keys)"),
+              StatsParams)
     args = parser.parse_args(argv)
-    params = load_section(
-        StatsParams, "stats", args.params,
-        {"scheduler": args.scheduler, "workers": args.workers},
-    )
+    name = args.dataset
+    params = load_stage(StatsParams, "stats", name, args.params,
+                        flag_overrides(args, StatsParams))
     lock_output(args.out, "python -m pipeline.stats")
-    options = reader_options(args.source, args.params)
-    split = read_split(args.split, args.source)
+    kind = load_dataset(name, args.params).kind
+    options = reader_options(name, args.params)
+    split = read_split(args.split, name)
     refs = split.train
     if not refs:
         raise UserError(f"{args.split}: the training split is empty")
     t0 = time.perf_counter()
-    tasks = make_tasks(args.source, refs, params.task_lines, options)
+    tasks = make_tasks(kind, refs, params.task_lines, options)
     stats = compute_stats(
-        args.source, tasks, params.histogram, params.scheduler, params.workers,
+        kind, tasks, params.histogram, params.scheduler, params.workers,
         params.chunk_mb, options, progress=not args.no_progress,
     )
-    meta = product_metadata(args.source, refs[0], options)
+    meta = product_metadata(kind, refs[0], options)
     recorded = {k: v for k, v in to_dict(params).items() if k not in ("scheduler", "workers")}
     meta["params"] = recorded
-    doc = stats_document(args.source, stats, [r.product_id for r in refs], params, meta)
+    meta["kind"] = kind
+    doc = stats_document(name, stats, sorted({r.product_id for r in refs}), params, meta)
     with atomic_open(args.out, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
         fh.write("\n")

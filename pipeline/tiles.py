@@ -33,9 +33,10 @@ HDF5 layout (``OUT/train.h5``, ``OUT/test.h5``; written to a temporary name, ren
   (JSON), ``software_version``, ``tile_size``, ``stride``, ``tiles_kept``,
   ``tiles_dropped_invalid``, ``tiles_per_product`` (JSON), ``products`` (JSON), ``band_names``.
 
-CLI: ``python -m pipeline.tiles --params params.yaml --source S --split data/split/S.json
---stats data/stats/S.json --out data/tiles/S``. Params sections ``tiles.virtis`` /
-``tiles.sentinel2`` (:class:`VirtisTileParams` / :class:`Sentinel2TileParams`).
+CLI: ``python -m pipeline.tiles --params params.yaml --dataset NAME --split
+data/split/NAME.json --stats data/stats/NAME.json --out data/tiles/NAME``. Params ``tiles`` +
+``datasets.<name>.tiles`` (:class:`TileParams`); the data set's band selection and reader
+settings (``datasets.<name>.bands`` / ``.reader``) decide what each product gives.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ import numpy as np
 from parsers.atomic import GuardedFile, atomic_path
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import DEFAULT_PARAMS, SOURCES, load_section, to_dict
-from pipeline.products import Product, ProductRef, open_product, reader_options
+from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage, to_dict
+from pipeline.products import Product, ProductRef, open_ref, reader_options
 from pipeline.schedulers import check_scheduler, ordered_map
 
 Compression = Literal["blosc2-zstd", "blosc2-lz4", "gzip", "lzf", "none"]
@@ -69,7 +70,7 @@ RUN_KEYS = ("scheduler", "workers", "task_mb")
 
 @dataclass(frozen=True)
 class TileParams:
-    """Settings of the tile stage (params section ``tiles.<source>``).
+    """Settings of the tile stage (params ``tiles`` + ``datasets.<name>.tiles``).
 
     size: tile height = width in pixels. stride: step between tiles (None = size, no overlap).
     max_invalid_fraction: drop tiles with more invalid values than this (0..1).
@@ -104,27 +105,6 @@ class TileParams:
     @property
     def step(self) -> int:
         return self.stride or self.size
-
-
-@dataclass(frozen=True)
-class VirtisTileParams(TileParams):
-    """``tiles.virtis``: 432 x 64 x 64 float32 tiles, stride 64 (the paper's cut)."""
-
-    size: int = 64
-
-
-@dataclass(frozen=True)
-class Sentinel2TileParams(TileParams):
-    """``tiles.sentinel2``: 9 x 48 x 48 uint16 tiles, stride 48 (the paper's cut)."""
-
-    size: int = 48
-    compression: Compression = "blosc2-zstd"
-    compression_level: int = 3
-
-
-PARAMS_CLASS: dict[str, type[TileParams]] = {
-    "virtis": VirtisTileParams, "sentinel2": Sentinel2TileParams,
-}
 
 
 def compression_kwargs(name: str, level: int = 5, shuffle: str = "bit") -> dict[str, Any]:
@@ -234,6 +214,12 @@ class TileTask:
     path: str
     row0: int
     row1: int
+    strip: tuple[int, int] | None = None  # lines [first, stop) of the product (a strip)
+
+    @property
+    def ref(self) -> ProductRef:
+        return ProductRef(self.product_id, Path(self.path),
+                          {} if self.strip is None else {"strip": list(self.strip)})
 
 
 @dataclass
@@ -316,12 +302,12 @@ def tile_rows(product: Product, size: int, step: int) -> int:
 
 
 def make_tile_block(
-    task: TileTask, source: str, params: TileParams, layout: TileLayout,
+    task: TileTask, kind: str, params: TileParams, layout: TileLayout,
     options: dict[str, Any] | None = None, opener: Callable[[ProductRef], Product] | None = None,
 ) -> TileBlock:
     """Read, cut, filter and compress the tiles of one task (runs on a dask worker)."""
-    ref = ProductRef(task.product_id, Path(task.path))
-    product = opener(ref) if opener is not None else open_product(source, ref.path, options)
+    ref = task.ref
+    product = opener(ref) if opener is not None else open_ref(kind, ref, options)
     size, step = params.size, params.step
     group = max(1, (product.preferred_lines - size) // step + 1)  # tile rows per read
     buf = product.block_buffer(size) if group == 1 else None
@@ -534,8 +520,10 @@ def make_tile_tasks(
         row_mb = product.bands * params.size * product.samples \
             * np.dtype(product.dtype).itemsize / 1e6
         per = max(1, int(params.task_mb // max(row_mb, 1e-9)))
+        strip = ref.meta.get("strip")
         for r in range(0, max(rows, 1), per):
-            tasks.append(TileTask(ref.product_id, str(ref.path), r, min(rows, r + per)))
+            tasks.append(TileTask(ref.product_id, str(ref.path), r, min(rows, r + per),
+                                  None if strip is None else (int(strip[0]), int(strip[1]))))
     return tasks
 
 
@@ -550,29 +538,33 @@ def write_split_tiles(
     progress: bool = True,
     extra_attrs: dict[str, Any] | None = None,
     opener: Callable[[ProductRef], Product] | None = None,
+    kind: str | None = None,
 ) -> dict[str, Any]:
-    """Tile every product of ``refs`` into ``out`` (HDF5) on ``params.scheduler``; counts.
+    """Tile every product (or strip: ``ref.meta["strip"]``) of ``refs`` of data set ``source``
+    into ``out`` (HDF5) on ``params.scheduler``; return the counts.
 
-    ``opener`` opens a product (default: the source's reader via :func:`open_product`); with
-    the processes scheduler or a cluster it must be picklable.
+    ``kind``: the reader (default ``source``); ``opener`` opens a product (default: the
+    kind's reader via :func:`open_ref`); with the processes scheduler or a cluster it must
+    be picklable.
     """
     from tqdm import tqdm
 
-    refs = sorted(refs, key=lambda r: r.product_id)
+    kind = kind or source
+    refs = sorted(refs, key=lambda r: (r.product_id, r.meta.get("strip") or []))
     n_bands = int(stats["bands"])
-    dtype = np.dtype(stats.get("dtype") or ("float32" if source == "virtis" else "uint16"))
+    dtype = np.dtype(stats.get("dtype") or ("uint16" if kind == "sentinel2" else "float32"))
     id_len = max((len(r.product_id.encode()) for r in refs), default=1)
     tasks = make_tile_tasks(refs, params, n_bands, opener or (
-        lambda ref: open_product(source, ref.path, options)))
+        lambda ref: open_ref(kind, ref, options)))
     per_product: dict[str, list[int]] = {r.product_id: [0, 0] for r in refs}
     bar = tqdm(total=len(tasks), desc=f"tiles {source}/{split}", unit="task",
                disable=not progress)
     with TileWriter(
         out, bands=n_bands, size=params.size, dtype=dtype, id_length=id_len,
-        with_mask=source == "sentinel2", compression=params.compression,
+        with_mask=kind == "sentinel2", compression=params.compression,
         level=params.compression_level, shuffle=params.shuffle, products=len(refs),
     ) as writer:
-        calls = [(t, source, params, writer.layout, options, opener) for t in tasks]
+        calls = [(t, kind, params, writer.layout, options, opener) for t in tasks]
         for block in ordered_map(make_tile_block, calls, params.scheduler, params.workers):
             writer.append_block(block)
             per_product[block.product_id][0] += block.kept
@@ -583,7 +575,7 @@ def write_split_tiles(
         _write_attrs(writer.file, source, split, refs, params, stats, kept, dropped,
                      per_product, extra_attrs)
     bar.close()
-    return {"kept": kept, "dropped_invalid": dropped, "products": len(refs)}
+    return {"kept": kept, "dropped_invalid": dropped, "products": len(per_product)}
 
 
 def _write_attrs(f: Any, source: str, split: str, refs: Sequence[ProductRef],
@@ -601,7 +593,7 @@ def _write_attrs(f: Any, source: str, split: str, refs: Sequence[ProductRef],
         "tile_size": params.size, "stride": params.step,
         "tiles_kept": kept, "tiles_dropped_invalid": dropped,
         "tiles_per_product": json.dumps(per_product),
-        "products": json.dumps([r.product_id for r in refs]),
+        "products": json.dumps(list(dict.fromkeys(r.product_id for r in refs))),
         "band_names": json.dumps(stats.get("band_names")),
         "nan_policy": "tiles hold raw values; NaN (VIRTIS) and valid==False (Sentinel-2) "
                       "mark invalid values; training.data.TileDataset sets them to 0 "
@@ -620,29 +612,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.tiles", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file")
-    parser.add_argument("--source", required=True, choices=SOURCES)
+    parser.add_argument("--params", default=None,
+                        help="params file (default: ./params.yaml when present)")
+    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
+                        help="the data set (an entry of params section datasets)")
     parser.add_argument("--split", required=True, help="split file from pipeline.split")
     parser.add_argument("--stats", required=True, help="stats.json from pipeline.stats")
     parser.add_argument("--out", required=True, help="folder for train.h5 and test.h5")
-    parser.add_argument("--scheduler", help="threads | processes | synchronous | tcp://host:port")
-    parser.add_argument("--workers", type=int, help="local worker count (0 = CPU count)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(parser.add_argument_group("overrides of the params (TileParams keys)"),
+              TileParams)
     args = parser.parse_args(argv)
-    params = load_section(PARAMS_CLASS[args.source], f"tiles.{args.source}", args.params,
-                          {"scheduler": args.scheduler, "workers": args.workers})
+    dataset = args.dataset
+    params = load_stage(TileParams, "tiles", dataset, args.params,
+                        flag_overrides(args, TileParams))
     lock_output(args.out, "python -m pipeline.tiles")
-    options = reader_options(args.source, args.params)
-    split = read_split(args.split, args.source)
+    kind = load_dataset(dataset, args.params).kind
+    options = reader_options(dataset, args.params)
+    split = read_split(args.split, dataset)
     stats = read_stats(args.stats)
-    if stats["source"] != args.source:
-        raise UserError(f"{args.stats}: statistics of {stats['source']!r}, not {args.source!r}")
+    if stats["source"] != dataset:
+        raise UserError(f"{args.stats}: statistics of {stats['source']!r}, not {dataset!r}")
     out = Path(args.out)
     for name in SPLITS:
         t0 = time.perf_counter()
         counts = write_split_tiles(
-            out / f"{name}.h5", args.source, name, split.products(name), params, stats,
-            options, progress=not args.no_progress,
+            out / f"{name}.h5", dataset, name, split.products(name), params, stats,
+            options, progress=not args.no_progress, kind=kind,
         )
         print(
             f"{out / (name + '.h5')}: {counts['kept']} tiles from {counts['products']} products, "

@@ -1,6 +1,6 @@
 """Evaluate trained SSCNets against classical codecs on the same test tiles, one protocol.
 
-``python -m training.evaluate --params params.yaml --source S --tiles data/tiles/S/test.h5
+``python -m training.evaluate --params params.yaml --dataset S --tiles data/tiles/S/test.h5
 --checkpoint models/S/best.pt [--checkpoint OTHER.pt ...] --out eval/S [--max-tiles N]
 [--device cpu|cuda|auto] [--precision fp32|bf16] [--rates 0.5,1,2] [--no-baselines]``
 
@@ -59,7 +59,7 @@ import torch
 
 from parsers.errors import ProductError, UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage
+from pipeline.params import add_flags, flag_overrides, load_stage
 from training import baselines as BL
 from training import report as R
 from training import sscz
@@ -81,8 +81,8 @@ SSCNET_METHODS = ("sscnet_fp32", "sscnet_fp16", "sscnet_rd")
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """Settings of ``python -m training.evaluate`` (params ``evaluate.common`` merged with
-    ``evaluate.<source>``)."""
+    """Settings of ``python -m training.evaluate`` (params ``evaluate`` merged with
+    ``datasets.<name>.evaluate``)."""
 
     max_tiles: int | None = None  # the first N test tiles; None: all
     batch_size: int = 16
@@ -120,10 +120,10 @@ class EvaluateParams:
             raise ValueError("requant_bits must lie in 1..16")
 
 
-def load_params(path: str | Path | None, source: str,
+def load_params(path: str | Path | None, dataset: str,
                 overrides: dict[str, Any] | None = None) -> EvaluateParams:
-    """The ``evaluate`` settings of ``source`` (common layer, source layer, ``overrides``)."""
-    return load_stage(EvaluateParams, "evaluate", source, path, overrides)
+    """The ``evaluate`` settings of ``dataset`` (common layer, data set layer, overrides)."""
+    return load_stage(EvaluateParams, "evaluate", dataset, path, overrides)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -378,17 +378,23 @@ class Runner:
         self.inp, self.p, self.rt, self.dev, self.log = inp, p, rt, rt.device, log
         self.band_values = inp.fmt.bands * inp.fmt.height * inp.fmt.width
         self.sscnet: list[tuple[Candidate, MethodResult, bool]] = []
+        # SSIM needs a tile of at least its window (tiles of a few pixels: small cubes).
+        self.structural = min(inp.fmt.height, inp.fmt.width) >= R.SSIM_WINDOW
+        if not self.structural:
+            log(f"evaluate: tiles {inp.fmt.height}x{inp.fmt.width} are smaller than the "
+                f"{R.SSIM_WINDOW}-px SSIM window: no SSIM / MS-SSIM / FSIM")
+        st = self.structural
         for i, c in enumerate(inp.candidates):
             cr = float(c.model.compression_ratio)
-            fsim = p.fsim and i == 0
+            fsim = p.fsim and i == 0 and st
             if c.codec is None:
                 for half in (False, True):
                     bits = "fp16" if half else "fp32"
                     self.sscnet.append((c, MethodResult(f"sscnet_{bits}", f"{c.label} {bits}",
-                                                        self.acc(True, fsim), cr_values=cr),
+                                                        self.acc(st, fsim), cr_values=cr),
                                         half))
             else:
-                self.sscnet.append((c, MethodResult("sscnet_rd", c.label, self.acc(True, fsim),
+                self.sscnet.append((c, MethodResult("sscnet_rd", c.label, self.acc(st, fsim),
                                                     cr_values=cr), False))
         self.codecs: list[BL.Codec] = []
         self.codec_results: list[MethodResult] = []
@@ -461,7 +467,8 @@ class Runner:
         for c in self.codecs:
             peak = 255.0 if c.reference is not None else None
             self.codec_results.append(MethodResult(
-                c.method, c.setting, self.acc(p.structural_baselines, False, peak),
+                c.method, c.setting,
+                self.acc(p.structural_baselines and self.structural, False, peak),
                 flagged=c.flagged, lossless=c.lossless))
 
     def baselines_batch(self, raw: np.ndarray, valid: np.ndarray, x_phys: np.ndarray,
@@ -556,8 +563,9 @@ def _sscnet_summary(r: MethodResult, native_bits: int) -> dict[str, Any]:
     row, s = r.row(native_bits), r.acc.summary()
     out = {"setting": r.setting, "bpppc": r.bpppc, "cr_values": r.cr_values,
            "cr_bits": row["cr"],
-           **{k: s[k] for k in ("psnr", "psnr_phys", "psnr_tile_mean", "psnr_phys_tile_mean",
-                                "ssim", "ms_ssim", "sam", "mae", "rmse", "max_abs_err")},
+           **{k: s.get(k, math.nan) for k in (
+               "psnr", "psnr_phys", "psnr_tile_mean", "psnr_phys_tile_mean", "ssim", "ms_ssim",
+               "sam", "mae", "rmse", "max_abs_err")},
            **({"fsim": s["fsim"]} if "fsim" in s else {}),
            "encode_mbps": row["encode_mbps"], "decode_mbps": row["decode_mbps"]}
     if r.method == "sscnet_rd":
@@ -682,8 +690,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=None,
                     help="params file (default: ./params.yaml when present, else defaults)")
-    ap.add_argument("--source", required=True, choices=SOURCES,
-                    help="the data set (its evaluate layer of the params)")
+    ap.add_argument("--dataset", "--source", dest="dataset", required=True,
+                    help="the data set (an entry of params section datasets)")
     ap.add_argument("--tiles", type=Path, required=True, help="test.h5 of pipeline.tiles")
     ap.add_argument("--checkpoint", type=Path, required=True, action="append",
                     help="best.pt of training.train; repeat it for several models (e.g. a "
@@ -698,7 +706,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @cli_entry("python -m training.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    p = load_params(args.params, args.source, flag_overrides(args, EvaluateParams))
+    p = load_params(args.params, args.dataset, flag_overrides(args, EvaluateParams))
     if not args.tiles.is_file():
         raise ProductError(args.tiles, "tile file not found")
     dev = resolve_device(p.device)
@@ -706,7 +714,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = (lambda *a, **k: None) if args.quiet else print
     inp = open_inputs(args.tiles, args.checkpoint, p)
     ev = run(inp, p, dev, log)
-    write_outputs(args.out, ev, inp, p, args.source, args)
+    write_outputs(args.out, ev, inp, p, args.dataset, args)
     for r in ev.results:
         if r.method in SSCNET_METHODS:
             s = r.acc.summary()

@@ -1,8 +1,8 @@
 """Train SSCNet on a tile file: one process, or several GPUs/processes with torchrun + DDP.
 
-    python -m training.train --params params.yaml --source virtis --tiles data/tiles/virtis \\
+    python -m training.train --params params.yaml --dataset virtis --tiles data/tiles/virtis \\
         --out models/virtis [--epochs N --batch-size B --lr LR --device auto|cpu|cuda ...]
-    torchrun --standalone --nproc_per_node=4 -m training.train --source virtis ...
+    torchrun --standalone --nproc_per_node=4 -m training.train --dataset virtis ...
 
 Writes (rank 0 only) ``OUT/last.pt`` (full training state, atomically, every
 ``checkpoint_every`` epochs and at the end), ``OUT/best.pt`` (weights with the lowest
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -56,7 +57,7 @@ from parsers.atomic import atomic_open
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
 from parsers.integrity import checkpoint_archive_problem
 from parsers.locks import lock_output
-from pipeline.params import SOURCES, add_flags, flag_overrides, load_stage, to_dict
+from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage, to_dict
 from training.codec import LatentCodec, RateDistortionNet, finalise_state, has_entropy_model
 from training.data import tile_file_fingerprint
 from training.device import (
@@ -70,8 +71,9 @@ from training.device import (
 )
 from training.models import build_model, clean_state_dict, load_checkpoint, save_checkpoint
 
-#: Normalisation used by the paper for each source ("auto").
-PAPER_NORMALISATION = {"virtis": "paper_minmax", "sentinel2": "global_max"}
+#: Normalisation used by the paper for each kind of data set ("auto"); any other cube: per band.
+PAPER_NORMALISATION = {"virtis": "paper_minmax", "sentinel2": "global_max",
+                       "cube": "paper_minmax"}
 #: Settings that must not change between a checkpoint and a ``--resume``.
 RESUME_KEYS = ("arch", "latent", "activation", "widths", "normalisation", "loss", "lr",
                "epochs", "batch_size", "val_fraction", "seed", "objective", "lambda")
@@ -79,7 +81,11 @@ RESUME_KEYS = ("arch", "latent", "activation", "widths", "normalisation", "loss"
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Section ``train.<source>`` of params.yaml (``train.common`` supplies shared defaults).
+    """Params ``train`` (common) + ``datasets.<name>.train`` (the data set's layer).
+
+    The model takes its band count and tile size from the tile file, which the tiles stage
+    cut with the data set's band selection and tile size; a shape the architecture cannot
+    handle is refused with one line (:func:`training.models.build_model`).
 
     ``batch_size`` is the global batch (all processes together); ``latent`` is an int for
     ``arch: linear`` and ``[channels, size]`` for ``arch: conv``; ``widths`` overrides the
@@ -147,7 +153,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     p.add_argument("--params", type=Path, default=None,
                    help="params file (default: ./params.yaml when present, else defaults)")
-    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("--dataset", "--source", dest="dataset", required=True,
+                   help="the data set (an entry of params section datasets)")
     p.add_argument("--tiles", type=Path, required=True,
                    help="tile folder holding train.h5 (or the .h5 file itself)")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, dvclive)")
@@ -164,10 +171,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_params(path: Path | None, source: str,
+def load_params(path: Path | None, dataset: str,
                 overrides: dict[str, Any] | None = None) -> TrainParams:
-    """The ``train`` settings of ``source`` (common layer, source layer, ``overrides``)."""
-    return load_stage(TrainParams, "train", source, path, overrides)
+    """The ``train`` settings of ``dataset`` (common layer, data set layer, ``overrides``);
+    ``normalisation: auto`` becomes the paper's choice for the data set's kind."""
+    params = load_stage(TrainParams, "train", dataset, path, overrides)
+    if params.normalisation == "auto":
+        kind = load_dataset(dataset, path).kind
+        params = dataclasses.replace(params, normalisation=PAPER_NORMALISATION[kind])
+    return params
 
 
 # --- environment: seeds and RNG state (devices: training.device) ---------------------
@@ -499,7 +511,8 @@ class Trainer:
     def _open_data(self) -> None:
         """Normalised dataset and its train/validation split (whole products held out)."""
         p, info, d = self.p, self.info, self.d
-        self.normalisation = (PAPER_NORMALISATION[self.source] if p.normalisation == "auto"
+        self.normalisation = (PAPER_NORMALISATION.get(self.source, "paper_minmax")
+                              if p.normalisation == "auto"
                               else p.normalisation)
         if p.loss == "bce" and self.normalisation == "zscore":
             raise ParamsError("loss 'bce' needs tiles in [0, 1]; normalisation 'zscore' is not")
@@ -897,12 +910,12 @@ def train(params: TrainParams, source: str, tiles: Path, out: Path, resume: str 
 @cli_entry("python -m training.train")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    params = load_params(args.params, args.source, flag_overrides(args, TrainParams))
+    params = load_params(args.params, args.dataset, flag_overrides(args, TrainParams))
     if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
         raise ParamsError("--stop-after-epoch must be >= 1")
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes
         lock_output(args.out, "python -m training.train")
-    train(params, args.source, args.tiles, args.out, resume=args.resume,
+    train(params, args.dataset, args.tiles, args.out, resume=args.resume,
           stop_after=args.stop_after_epoch, progress=args.progress, init=args.init)
     return 0
 

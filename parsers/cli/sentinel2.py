@@ -63,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("path", help="SAFE folder or zip, band folder, multi-band GeoTIFF")
     parser.add_argument("--params", default=None,
-                        help="params file (section sentinel2: bands, resampling, harmonise); "
-                             "default params.yaml when present")
+                        help="params file (section datasets.NAME.reader: bands, resampling, "
+                             "harmonise); default params.yaml when present")
+    parser.add_argument("--dataset", default="sentinel2", metavar="NAME",
+                        help="the data set whose reader settings apply (default sentinel2)")
     parser.add_argument("--bands", help="comma-separated band list, e.g. B02,B03,B04,B05,B06,"
                                         "B07,B8A,B11,B12 (overrides params)")
     parser.add_argument("--resampling", choices=("nearest", "bilinear"), default=None)
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--export", metavar="OUT", help="write the cube to OUT.npy or OUT.tif")
     args = parser.parse_args(argv)
 
-    settings = load_section(Sentinel2Settings, "sentinel2", args.params)
+    settings = load_section(Sentinel2Settings, f"datasets.{args.dataset}.reader", args.params)
     bands = check_bands(args.bands) if args.bands else settings.bands
     options: dict[str, Any] = {}
     if args.file_bands:

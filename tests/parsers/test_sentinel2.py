@@ -538,13 +538,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "export format must be .npy or .tif" in capsys.readouterr().err
     assert not (tmp_path / "out.png").exists()
     params = tmp_path / "params.yaml"
-    bands = "sentinel2:\n  bands: [B02, B03, B04, B05, B06, B07, B8A, B11, B12]\n"
+    bands = ("datasets:\n sentinel2:\n  reader:\n"
+             "   bands: [B02, B03, B04, B05, B06, B07, B8A, B11, B12]\n")
     params.write_text(bands)
     assert s2_cli.main([str(product), "--params", str(params), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bands"][6] == "B8A"
     # The reader's settings are as strict as every stage's: a stray key is an error.
-    params.write_text(bands + "  max_cloud: 30\n  resampleing: bilinear\n")
+    params.write_text(bands + "   max_cloud: 30\n   resampleing: bilinear\n")
     assert s2_cli.main([str(product), "--params", str(params)]) == 2
     err = capsys.readouterr().err
-    assert ("sentinel2: unknown keys 'max_cloud', 'resampleing' (did you mean 'resampling'?)"
-            in err) and err.count("\n") == 1
+    assert ("datasets.sentinel2.reader: unknown keys 'max_cloud', 'resampleing' (did you "
+            "mean 'resampling'?)" in err) and err.count("\n") == 1

@@ -15,9 +15,9 @@ from training.data import TileDataset
 PARAMS = """
 split: {seed: 1, test_fraction: 0.25}
 stats: {scheduler: synchronous, chunk_mb: 0.5}
-tiles:
-  virtis: {size: 16, max_invalid_fraction: 0.0}
-  sentinel2: {size: 48, compression: gzip}
+datasets:
+  virtis: {kind: virtis, products: raw, tiles: {size: 16, max_invalid_fraction: 0.0}}
+  sentinel2: {kind: sentinel2, products: raw, tiles: {size: 48, compression: gzip}}
 """
 
 

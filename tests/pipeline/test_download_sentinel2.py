@@ -44,7 +44,8 @@ def run_cli(tmp_path: Path, *args: str, **section) -> int:
     params = tmp_path / "params.yaml"
     body = {"download_sentinel2": {"backoff": 0.05, "retries": 3, "progress": False,
                                    **section},
-            "sentinel2": {"bands": BANDS}}
+            "datasets": {"sentinel2": {"kind": "sentinel2", "products": "x",
+                                        "reader": {"bands": BANDS}}}}
     params.write_text(yaml.safe_dump(body), encoding="utf-8")
     return main(["--params", str(params), *args])
 
@@ -529,12 +530,14 @@ def test_params_section_bands_and_validation(tmp_path, capsys):
     params.write_text(yaml.safe_dump({
         "download_sentinel2": {"backend": "stac", "bbox": [9, 45, 10, 46], "max_cloud": 10,
                                "start": "2017-06-01", "end": "2017-06-30"},
-        "sentinel2": {"bands": [*BANDS[:6], "B8A", "B11", "B12"]},
+        "datasets": {"sentinel2": {"kind": "sentinel2", "products": "x",
+                                   "reader": {"bands": [*BANDS[:6], "B8A", "B11", "B12"]}}},
     }))
     assert load_bands(params)[6] == "B8A"
-    params.write_text(yaml.safe_dump({"sentinel2": {"bands": ["B04", "B03", "B02"]}}))
+    params.write_text(yaml.safe_dump({"datasets": {"sentinel2": {"reader": {
+        "bands": ["B04", "B03", "B02"]}}}}))
     assert main(["--params", str(params), "--out", str(tmp_path / "o")]) == 2
-    assert "sentinel2.bands" in one_line_error(capsys)
+    assert "datasets.sentinel2.reader.bands" in one_line_error(capsys)
     params.write_text(yaml.safe_dump({"download_sentinel2": {"bbox": [10, 45, 9, 46]}}))
     assert main(["--params", str(params)]) == 2
     assert "bbox" in one_line_error(capsys)

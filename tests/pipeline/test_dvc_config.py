@@ -13,30 +13,40 @@ import pytest
 import yaml
 
 from parsers.settings import param_key
-from pipeline.params import SOURCES, load_section, read_params_file
+from pipeline.params import (
+    DATASET_STAGES,
+    SOURCES,
+    DatasetParams,
+    dataset_names,
+    load_dataset,
+    load_section,
+    load_stage,
+    read_params_file,
+)
 
 dvc_repo = pytest.importorskip("dvc.repo")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PARAMS = REPO_ROOT / "params.yaml"
-MATRIX_STAGES = ("split", "stats", "tiles", "train", "evaluate")
+MATRIX_STAGES = DATASET_STAGES
 EXPECTED_STAGES = {"download_pds", "download_sentinel2"} | {
-    f"{stage}@{source}" for stage in MATRIX_STAGES for source in SOURCES
+    f"{stage}@{name}" for stage in MATRIX_STAGES for name in dataset_names(PARAMS)
 }
 
 #: params section -> (module, settings dataclass) that loads it.
 SECTION_CLASSES: dict[str, tuple[str, str]] = {
     "download_pds": ("pipeline.download_pds", "DownloadPdsParams"),
     "download_sentinel2": ("pipeline.download_sentinel2", "DownloadSentinel2Params"),
-    "sentinel2": ("parsers.sentinel2", "Sentinel2Settings"),
+    "datasets.sentinel2.reader": ("parsers.sentinel2", "Sentinel2Settings"),
     "split": ("pipeline.split", "SplitParams"),
     "stats": ("pipeline.stats", "StatsParams"),
-    "tiles.virtis": ("pipeline.tiles", "VirtisTileParams"),
-    "tiles.sentinel2": ("pipeline.tiles", "Sentinel2TileParams"),
+    "tiles": ("pipeline.tiles", "TileParams"),
+    "train": ("training.train", "TrainParams"),
+    "evaluate": ("training.evaluate", "EvaluateParams"),
 }
-#: Sections that exist for symmetry only (the VIRTIS reader takes no settings): must be empty.
-EMPTY_SECTIONS = ("virtis",)
+#: The settings class of each per-data-set stage (its common section, its data set layers).
+STAGE_CLASSES = {stage: SECTION_CLASSES[stage] for stage in MATRIX_STAGES}
 
 #: Project modules that cannot change a stage's outputs (error reporting, atomic renames,
 #: the params loader): they are deliberately not stage deps, so editing them reruns nothing.
@@ -133,10 +143,15 @@ def test_every_params_section_is_used_by_a_stage(stages) -> None:
     assert top <= {key.split(".")[0] for key in used}
 
 
+def _class(module: str, name: str) -> type:
+    if module.startswith("training."):
+        pytest.importorskip("torch")
+    return getattr(importlib.import_module(module), name)
+
+
 @pytest.mark.parametrize("section", sorted(SECTION_CLASSES))
 def test_params_section_loads_with_its_dataclass(section: str) -> None:
-    module, name = SECTION_CLASSES[section]
-    cls = getattr(importlib.import_module(module), name)
+    cls = _class(*SECTION_CLASSES[section])
     assert dataclasses.is_dataclass(cls)
     settings = load_section(cls, section, PARAMS)
     # Not only no unknown keys (the loader checks that) but no missing ones either:
@@ -146,26 +161,41 @@ def test_params_section_loads_with_its_dataclass(section: str) -> None:
     assert written == fields, f"{section}: missing {sorted(fields - written)}"
 
 
-@pytest.mark.parametrize("section", ["train", "evaluate"])
-@pytest.mark.parametrize("source", SOURCES)
-def test_merged_sections_hold_every_field_once(section: str, source: str) -> None:
-    """<section>.common + <section>.<source> hold every field of the stage's params once."""
-    pytest.importorskip("torch")
-    module = importlib.import_module(f"training.{section}")
-    settings = (module.load_params(PARAMS, source) if section == "train"
-                else module.load_params(PARAMS, source, {}))
-    sections = read_params_file(PARAMS)[section]
-    assert set(sections) == {"common", *SOURCES}, f"{section}: only common + per-source parts"
-    common, own = set(sections["common"]), set(sections[source])
-    assert not common & own, f"{section}.common and .{source} both set {sorted(common & own)}"
-    fields = {param_key(f) for f in dataclasses.fields(settings) if f.init}
-    assert common | own == fields, f"{section}.{source}: missing {sorted(fields - common - own)}"
+@pytest.mark.parametrize("name", dataset_names(PARAMS))
+def test_every_data_set_entry_is_complete_and_loads_in_every_stage(name: str) -> None:
+    """A data set spells out every key dvc.yaml names (DVC refuses a missing params key), and
+    each of its stage layers passes that stage's strict loader on top of the common one."""
+    entry = read_params_file(PARAMS)["datasets"][name]
+    fields = {f.name for f in dataclasses.fields(DatasetParams)}
+    assert set(entry) == fields, f"datasets.{name}: missing {sorted(fields - set(entry))}"
+    assert load_dataset(name, PARAMS).kind in ("virtis", "sentinel2", "cube")
+    for stage, (module, cls) in STAGE_CLASSES.items():
+        load_stage(_class(module, cls), stage, name, PARAMS)
 
 
-def test_placeholder_sections_are_empty() -> None:
-    params = read_params_file(PARAMS)
-    for name in EMPTY_SECTIONS:
-        assert params[name] == {}, f"section {name} must stay empty (no loader reads it)"
+def test_a_data_set_stage_reads_only_common_sections_and_its_own_entry(stages) -> None:
+    """So that adding, editing or removing one data set never reruns another's chain."""
+    for name, stage in stages.items():
+        if "@" not in name:
+            continue
+        dataset = name.split("@", 1)[1]
+        keys = [key for dep in stage.params for key in dep.params]
+        for key in keys:
+            assert key in MATRIX_STAGES or key.startswith(f"datasets.{dataset}."), (name, key)
+        products = load_dataset(dataset, PARAMS).products
+        for dep in stage.deps:
+            path = str(dep.def_path)
+            if path.endswith(".py") or Path(path).name == "params.yaml":
+                continue
+            assert dataset in (*Path(path).parts, Path(path).stem) or path == products, \
+                (name, path)
+
+
+def test_built_in_data_sets_come_from_their_download_stages() -> None:
+    outs = {"virtis": "data/raw/virtis", "sentinel2": "data/raw/sentinel2"}
+    for name in SOURCES:
+        assert load_dataset(name, PARAMS).products == outs[name]
+        assert load_dataset(name, PARAMS).kind == name
 
 
 def test_stage_deps_are_exact_code_closure(stages) -> None:
@@ -239,20 +269,18 @@ def test_demo_params_load_with_every_stage(tmp_path: Path, tiny: bool) -> None:
     assert params["download_pds"]["base_url"] == urls["pds_url"]
     assert params["download_sentinel2"]["stac_url"] == urls["stac_url"]
     for section, (module, name) in SECTION_CLASSES.items():
-        load_section(getattr(importlib.import_module(module), name), section, path)
-    for stage in ("train", "evaluate"):
-        module = importlib.import_module(f"training.{stage}")
-        for source in SOURCES:
-            (module.load_params(path, source) if stage == "train"
-             else module.load_params(path, source, {}))
+        load_section(_class(module, name), section, path)
+    for name in dataset_names(path):
+        for stage, (module, cls) in STAGE_CLASSES.items():
+            load_stage(_class(module, cls), stage, name, path)
 
 
 def test_demo_refuses_unknown_override() -> None:
     from parsers.errors import UserError
     from pipeline import demo
 
-    with pytest.raises(UserError, match=re.escape("tiles.virtis.sise")):
-        demo.derive_params(read_params_file(PARAMS), {"tiles.virtis.sise": 3})
+    with pytest.raises(UserError, match=re.escape("datasets.virtis.tiles.sise")):
+        demo.derive_params(read_params_file(PARAMS), {"datasets.virtis.tiles.sise": 3})
 
 
 def test_demo_stage_env_puts_this_python_first() -> None:

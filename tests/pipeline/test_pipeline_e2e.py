@@ -102,9 +102,10 @@ def test_tiles_param_invalidates_only_its_descendants(
     path = ws / "params.yaml"
     original = path.read_text(encoding="utf-8")
     params = yaml.safe_load(original)
-    key = next(iter(params["tiles"]["virtis"]))
-    value = params["tiles"]["virtis"][key]
-    params["tiles"]["virtis"][key] = (not value) if isinstance(value, bool) else (
+    layer = params["datasets"]["virtis"]["tiles"]
+    key = next(iter(layer))
+    value = layer[key]
+    layer[key] = (not value) if isinstance(value, bool) else (
         value + 1 if isinstance(value, (int, float)) else f"{value}x")
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     try:
@@ -132,9 +133,9 @@ def test_exp_run_with_set_param(workspace, monkeypatch: pytest.MonkeyPatch) -> N
     ws, _ = workspace
     monkeypatch.chdir(ws)
     params = yaml.safe_load((ws / "params.yaml").read_text(encoding="utf-8"))
-    latent = params["train"]["sentinel2"]["latent"] // 2
+    latent = params["datasets"]["sentinel2"]["train"]["latent"] // 2
     demo.dvc(ws, "exp", "run", "-n", f"latent{latent}", "-S",
-             f"train.sentinel2.latent={latent}", quiet=True)
+             f"datasets.sentinel2.train.latent={latent}", quiet=True)
     repo = dvc_repo.Repo(str(ws))
     try:
         assert repo.status() == {}
@@ -149,5 +150,5 @@ def test_exp_run_with_set_param(workspace, monkeypatch: pytest.MonkeyPatch) -> N
     ).stdout
     assert json.loads(committed)["sscnet_fp32"]
     metrics = json.loads((ws / "eval" / "sentinel2" / "metrics.json").read_text())
-    size = params["tiles"]["sentinel2"]["size"]
+    size = params["datasets"]["sentinel2"]["tiles"]["size"]
     assert metrics["sscnet_fp32"]["cr_values"] == pytest.approx(9 * size * size / latent)

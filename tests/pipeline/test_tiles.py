@@ -140,7 +140,7 @@ def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypat
         stats_document,
     )
     from pipeline.synthetic.datasets import virtis_download_dir
-    from pipeline.tiles import VirtisTileParams
+    from pipeline.tiles import TileParams
 
     def no_load(self):
         raise AssertionError("whole cube loaded")
@@ -153,7 +153,7 @@ def test_stats_and_tiles_stream_lines_never_load_whole_cubes(tmp_path, monkeypat
     doc = stats_document("virtis", st, [r.product_id for r in refs], StatsParams(),
                          product_metadata("virtis", refs[0]))
     counts = write_split_tiles(tmp_path / "t.h5", "virtis", "train", refs,
-                               VirtisTileParams(size=16), doc, progress=False)
+                               TileParams(size=16), doc, progress=False)
     assert counts["kept"] + counts["dropped_invalid"] == 2 * 2 * 2
 
 

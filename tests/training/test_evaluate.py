@@ -88,15 +88,17 @@ def _params(tmp: Path) -> Path:
     p = tmp / "params.yaml"
     p.write_text(
         "evaluate:\n"
-        "  common:\n"
-        "    requant_bits: [4, 8]\n"
-        "    pca: [[1, 8], [3, 8]]\n"
-        "    jpegxl_distances: [0.5, 2.0]\n"
-        "    jpeg8_qualities: [90]\n"
-        "    jpegxl_effort: 3\n"
-        "    calibration_tiles: 1\n"
+        "  requant_bits: [4, 8]\n"
+        "  pca: [[1, 8], [3, 8]]\n"
+        "  jpegxl_distances: [0.5, 2.0]\n"
+        "  jpeg8_qualities: [90]\n"
+        "  jpegxl_effort: 3\n"
+        "  calibration_tiles: 1\n"
+        "datasets:\n"
         "  sentinel2:\n"
-        "    figure_bands: [0, 4]\n"
+        "    kind: sentinel2\n"
+        "    products: data/raw/sentinel2\n"
+        "    evaluate: {figure_bands: [0, 4]}\n"
     )
     return p
 

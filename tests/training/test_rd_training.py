@@ -44,15 +44,15 @@ def train(tiles: Path, out: Path, *extra: str) -> None:
 
 def test_lambda_and_objective_in_params(tmp_path: Path) -> None:
     p = tmp_path / "params.yaml"
-    p.write_text("train:\n  common: {}\n  virtis:\n    objective: rate_distortion\n"
-                 "    lambda: 250\n")
+    p.write_text("train: {}\ndatasets:\n  virtis:\n    kind: virtis\n    products: raw\n"
+                 "    train: {objective: rate_distortion, lambda: 250}\n")
     params = load_params(p, "virtis")
     assert params.objective == "rate_distortion" and params.lmbda == 250.0
     assert load_params(p, "virtis", {"lambda": 10.0}).lmbda == 10.0
-    p.write_text("train:\n  virtis:\n    lambda: -1\n")
+    p.write_text("train:\n  lambda: -1\n")
     with pytest.raises(ParamsError, match="lambda must be > 0"):
         load_params(p, "virtis")
-    p.write_text("train:\n  virtis:\n    lmbda: 3\n")
+    p.write_text("train:\n  lmbda: 3\n")
     with pytest.raises(ParamsError, match="unknown key"):
         load_params(p, "virtis")
 

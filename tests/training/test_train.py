@@ -95,15 +95,26 @@ def test_resume_refuses_changed_settings(tiles_dir: Path, tmp_path: Path, capsys
 
 def test_params_file_and_cli_overrides(tiles_dir: Path, tmp_path: Path, capsys) -> None:
     params = tmp_path / "bands.yaml"
-    params.write_text("train:\n  common:\n    epochs: 1\n    batch_size: 32\n"
-                      "  virtis:\n    arch: conv\n    latent: [8, 4]\n    loss: mse\n")
+    params.write_text("train:\n  epochs: 1\n  batch_size: 32\ndatasets:\n  virtis:\n"
+                      "    kind: virtis\n    products: raw\n"
+                      "    train: {arch: conv, latent: [8, 4], loss: mse}\n")
     out = tmp_path / "m"
     assert run(tiles_dir, out, "--arch", "conv", "--latent", "8x2", params=params) == 0
     text = capsys.readouterr().out
     assert "-> 8x2x2" in text and "batch 32" in text and "loss mse" in text
-    params.write_text("train:\n  virtis:\n    epoch: 3\n")
+    params.write_text("datasets:\n  virtis:\n    kind: virtis\n    products: raw\n"
+                      "    train: {epoch: 3}\n")
     assert run(tiles_dir, out, params=params) == 2
-    assert "train.virtis: unknown key 'epoch' (did you mean 'epochs'?)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "datasets.virtis.train: unknown key 'epoch' (did you mean 'epochs'?)" in err
+    params.write_text("datasets:\n  virtis:\n    kind: virtis\n    products: raw\n"
+                      "    tiles: {size: 8}\n    trian: {epochs: 3}\n")
+    assert run(tiles_dir, out, params=params) == 2
+    err = capsys.readouterr().err
+    assert "datasets.virtis: unknown key 'trian' (did you mean 'train'?)" in err
+    assert run(tiles_dir, out, "--dataset", "virtsi", params=params) == 2
+    assert "data set 'virtsi' is not in section 'datasets' (did you mean 'virtis'?)" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -136,7 +147,7 @@ def test_clear_errors(tmp_path: Path, capsys, setup: str, extra: list[str], mess
 
 def test_band_count_mismatch(tiles_dir: Path, tmp_path: Path, capsys) -> None:
     params = tmp_path / "bands.yaml"
-    params.write_text("train:\n  virtis:\n    bands: 432\n")
+    params.write_text("train:\n  bands: 432\n")
     assert run(tiles_dir, tmp_path / "m", params=params) == 2
     assert "tiles have 4 bands but params ask for bands=432" in capsys.readouterr().err
     out = tmp_path / "m2"
