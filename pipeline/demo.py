@@ -306,7 +306,7 @@ def report_paths(workspace: Path) -> list[Path]:
 
 
 def summary_lines(workspace: Path) -> list[str]:
-    """One line per source: SSCNet's rate and distortion from ``eval/<source>/metrics.json``."""
+    """One line per data set: SSCNet's rate and distortion from ``eval/<name>/metrics.json``."""
     lines = []
     for source in SOURCES:
         path = workspace / "eval" / source / "metrics.json"

@@ -338,7 +338,8 @@ def _check_against_lock(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                   help="params file (section download_sentinel2; bands from sentinel2.bands)")
+                   help="params file (section download_sentinel2; bands from "
+                        "datasets.sentinel2.reader.bands)")
     p.add_argument("--backend", choices=BACKENDS, help="stac (default), cdse or dhus")
     p.add_argument("--out", help="output folder (default data/raw/sentinel2)")
     p.add_argument("--bbox", type=_floats, metavar="W,S,E,N",

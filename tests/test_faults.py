@@ -98,10 +98,10 @@ def test_disk_full_during_a_download(tmp_path: Path) -> None:
     assert not leftovers(tmp_path)
 
 
-TILES = ["pipeline.tiles", "--params", "params.yaml", "--source", "virtis", "--split",
+TILES = ["pipeline.tiles", "--params", "params.yaml", "--dataset", "virtis", "--split",
          "data/split/virtis.json", "--stats", "data/stats/virtis.json", "--out",
          "data/tiles/virtis", "--no-progress"]
-TRAIN = ["training.train", "--params", "params.yaml", "--source", "virtis", "--tiles",
+TRAIN = ["training.train", "--params", "params.yaml", "--dataset", "virtis", "--tiles",
          "data/tiles/virtis", "--out", "models/virtis", "--no-progress"]
 
 
@@ -123,16 +123,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Raw products, split, statistics and tiles of a small VIRTIS data set."""
     ws = tmp_path_factory.mktemp("faults") / "ws"
     virtis_download_dir(ws / "data/raw/virtis", n=4, bands=24, lines=40, samples=32)
-    write_params(ws / "params.yaml", {"tiles.virtis.size": 16, "split.seed": 3,
-                                      "stats.workers": 1, "train.common.workers": 0,
-                                      "train.common.device": "cpu", "train.common.epochs": 2,
-                                      "train.common.batch_size": 4,
-                                      "train.common.checkpoint_every": 1,
-                                      "train.virtis.latent": [8, 2],
-                                      "train.virtis.widths": [8, 8, 8, 8]})
-    for args in (["pipeline.split", "--params", "params.yaml", "--source", "virtis",
+    write_params(ws / "params.yaml", {"datasets.virtis.tiles.size": 16, "split.seed": 3,
+                                      "stats.workers": 1, "train.workers": 0,
+                                      "train.device": "cpu", "train.epochs": 2,
+                                      "train.batch_size": 4,
+                                      "train.checkpoint_every": 1,
+                                      "datasets.virtis.train.latent": [8, 2],
+                                      "datasets.virtis.train.widths": [8, 8, 8, 8]})
+    for args in (["pipeline.split", "--params", "params.yaml", "--dataset", "virtis",
                   "--products", "data/raw/virtis", "--out", "data/split/virtis.json"],
-                 ["pipeline.stats", "--params", "params.yaml", "--source", "virtis",
+                 ["pipeline.stats", "--params", "params.yaml", "--dataset", "virtis",
                   "--split", "data/split/virtis.json", "--out", "data/stats/virtis.json",
                   "--no-progress"], TILES):
         assert in_process(args, ws) == 0
@@ -286,7 +286,7 @@ def test_second_run_on_the_same_output_fails_or_waits(ws: Path, tmp_path: Path) 
 
 def test_every_stage_takes_the_lock_of_its_output() -> None:
     spec = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    modules = {entry["cmd"].split()[2] for entry in spec.values()}
+    modules = {entry.get("do", entry)["cmd"].split()[2] for entry in spec.values()}
     assert len(modules) == 7
     for module in modules:
         source = (REPO_ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
