@@ -24,9 +24,9 @@ histogram for percentiles, all from one fused pass over each block
 overflow bin has no guarantee and is listed in ``stats.json`` under
 ``percentile_tolerance.unbounded``. Invalid values (NaN, inf, masked pixels) are ignored.
 
-CLI: ``python -m pipeline.stats --params params.yaml --source S --split data/split/S.json
+CLI: ``python -m pipeline.stats --params params.yaml --dataset S --split data/split/S.json
 --out data/stats/S.json [--scheduler threads|processes|synchronous|tcp://h:8786]``.
-Params section ``stats`` (:class:`StatsParams`).
+Params ``stats`` + ``datasets.<name>.stats`` (:class:`StatsParams`).
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ validation loss) and ``OUT/dvclive/`` (per-epoch train/val loss and PSNR).
 Recipe (paper defaults): BCE on [0, 1] tiles, Adam lr 1e-4, cosine annealing to 0 over all
 steps of the run, global batch 128 (split evenly over the processes), 400 epochs.
 
-``objective: rate_distortion`` (params ``train.<source>.objective`` / ``lambda``) adds an
-entropy model to the latent (:mod:`training.codec`) and minimises ``lambda * D + R``: D is
-the ``loss`` setting (BCE or MSE on the normalised scale, over valid values), R the
-estimated rate in bits per input value (bpppc). Its checkpoints carry the integer coding
-tables that ``training.compress`` needs. ``--init CKPT`` starts from a checkpoint's weights
-(e.g. a paper-recipe model, fine-tuned into a rate-distortion one); the optimiser and the
-schedule start afresh.
+``objective: rate_distortion`` (keys ``objective`` and ``lambda`` of params ``train`` or
+``datasets.<name>.train``) adds an entropy model to the latent (:mod:`training.codec`) and
+minimises ``lambda * D + R``: D is the ``loss`` setting (BCE or MSE on the normalised
+scale, over valid values), R the estimated rate in bits per input value (bpppc). Its
+checkpoints carry the integer coding tables that ``training.compress`` needs. ``--init
+CKPT`` starts from a checkpoint's weights (e.g. a paper-recipe model, fine-tuned into a
+rate-distortion one); the optimiser and the schedule start afresh.
 
 Validation: a held-out fraction (``val_fraction``) of the *products* of ``train.h5`` (all
 tiles of a product go to the same side, chosen by the seed), so ``test.h5`` stays untouched

@@ -24,7 +24,7 @@ def test_evaluate_reports_the_real_rate_of_a_lambda_sweep(codec_files, nan_tiles
     second = rd_checkpoint(tmp_path / "lam50.pt", nan_tiles, stats_of(nan_tiles), steps=20,
                            lam=50.0)
     (tmp_path / "p.yaml").write_text(
-        "evaluate:\n  common: {rates: [1], requant_bits: [4, 8], pca: [[2, 8]],"
+        "evaluate: {rates: [1], requant_bits: [4, 8], pca: [[2, 8]],"
         " jpegxl_distances: [], jpeg8_qualities: [], sz3_relative: [], lossless: false,"
         " structural_baselines: false, fsim: false, calibration_tiles: 1, batch_size: 4}\n")
     out = tmp_path / "eval"
