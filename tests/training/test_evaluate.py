@@ -167,9 +167,9 @@ def test_evaluate_float_tiles_with_nan(tmp_path: Path) -> None:
     tiny_checkpoint(tmp_path / "m.pt", tiles, stats, "virtis", "paper_minmax", "conv", (4, 8),
                     steps=10)
     (tmp_path / "p.yaml").write_text(
-        "evaluate: {common: {jpegxl_effort: 3, calibration_tiles: 1, rates: [2],"
+        "evaluate: {jpegxl_effort: 3, calibration_tiles: 1, rates: [2],"
         " requant_bits: [8], pca: [[2, 8]], jpegxl_distances: [1.0], jpeg8_qualities: [90],"
-        " sz3_relative: [0.001]}}\n")
+        " sz3_relative: [0.001]}\n")
     args = ["--params", str(tmp_path / "p.yaml"), "--source", "virtis", "--tiles",
             str(tmp_path / "t.h5"), "--checkpoint", str(tmp_path / "m.pt"), "--quiet",
             "--device", "cpu"]
