@@ -16,6 +16,7 @@ pipeline:
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import typing
@@ -43,7 +44,8 @@ PathLike = str | os.PathLike[str]
 __all__ = [
     "DATASET_STAGES", "DEFAULT_PARAMS", "KINDS", "SOURCES", "BandSelection", "DatasetParams",
     "add_flags", "dataset_names", "flag_overrides", "from_dict", "load_dataset", "load_layers",
-    "load_section", "load_stage", "read_params_file", "stage_sections", "to_dict",
+    "load_section", "load_stage", "read_params_file", "stage_parser", "stage_sections",
+    "stage_settings", "to_dict",
 ]
 
 Kind = Literal["virtis", "sentinel2", "cube"]
@@ -171,3 +173,24 @@ def load_stage(
     ``path=None``: ./params.yaml when present, else defaults."""
     load_dataset(dataset, path)  # the data set must exist (and be well formed)
     return load_layers(cls, stage_sections(stage, dataset), path, overrides)
+
+
+def stage_parser(prog: str, description: str, cls: type) -> argparse.ArgumentParser:
+    """The command line every per-data-set stage shares: ``--params``, ``--dataset`` (also
+    spelt ``--source``) and one override flag per field of its settings class ``cls``; the
+    stage adds its own arguments to the returned parser."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--params", default=None,
+                        help="params file (default: ./params.yaml when present, else defaults)")
+    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
+                        help="the data set (an entry of params section datasets)")
+    add_flags(parser.add_argument_group(f"overrides of the params ({cls.__name__} keys)"), cls)
+    return parser
+
+
+def stage_settings(args: argparse.Namespace, cls: type[T], stage: str
+                   ) -> tuple[T, DatasetParams]:
+    """(settings of ``stage`` for the data set the command line names, that data set), from a
+    parser made by :func:`stage_parser`."""
+    settings = load_stage(cls, stage, args.dataset, args.params, flag_overrides(args, cls))
+    return settings, load_dataset(args.dataset, args.params)

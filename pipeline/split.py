@@ -32,7 +32,6 @@ Output (JSON, written atomically)::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -45,7 +44,7 @@ from typing import Any, Literal
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage
+from pipeline.params import load_dataset, stage_parser, stage_settings
 from pipeline.products import ProductRef, list_products, refs_from_manifest
 
 SPLITS = ("train", "test")
@@ -279,27 +278,17 @@ def dataset_products(
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.products import reader_options
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.split", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--params", default=None,
-                        help="params file (default: ./params.yaml when present)")
-    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
-                        help="the data set (an entry of params section datasets)")
+    parser = stage_parser("python -m pipeline.split", __doc__.split("\n\n")[0], SplitParams)
     parser.add_argument("--products", default=None,
                         help="folder with manifest.json (default: the data set's products)")
     parser.add_argument("--out", required=True, help="split file to write (JSON)")
-    add_flags(parser.add_argument_group("overrides of the params (SplitParams keys)"),
-              SplitParams)
     args = parser.parse_args(argv)
-    params = load_stage(SplitParams, "split", args.dataset, args.params,
-                        flag_overrides(args, SplitParams))
+    params, ds = stage_settings(args, SplitParams, "split")
     lock_output(args.out, "python -m pipeline.split")
     root, products = dataset_products(args.dataset, args.params, args.products, params)
-    kind = load_dataset(args.dataset, args.params).kind
-    products = cut_strips(products, kind, params.strip_lines,
+    products = cut_strips(products, ds.kind, params.strip_lines,
                           reader_options(args.dataset, args.params))
-    doc = write_split(args.out, args.dataset, root, params, products, kind)
+    doc = write_split(args.out, args.dataset, root, params, products, ds.kind)
     what = "strips" if params.strip_lines else "products"
     print(
         f"{args.out}: {len(doc['train'])} train / {len(doc['test'])} test {what} "

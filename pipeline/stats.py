@@ -31,7 +31,6 @@ Params ``stats`` + ``datasets.<name>.stats`` (:class:`StatsParams`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -45,7 +44,7 @@ import numpy as np
 from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage, to_dict
+from pipeline.params import stage_parser, stage_settings, to_dict
 from pipeline.schedulers import check_scheduler, connect, local_compute_kwargs
 
 UINT16_BINS = 1 << 16
@@ -587,24 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.products import reader_options
     from pipeline.split import read_split
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.stats", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--params", default=None,
-                        help="params file (default: ./params.yaml when present)")
-    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
-                        help="the data set (an entry of params section datasets)")
+    parser = stage_parser("python -m pipeline.stats", __doc__.split("\n\n")[0], StatsParams)
     parser.add_argument("--split", required=True, help="split file from pipeline.split")
     parser.add_argument("--out", required=True, help="statistics JSON to write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_flags(parser.add_argument_group("overrides of the params (StatsParams keys)"),
-              StatsParams)
     args = parser.parse_args(argv)
     name = args.dataset
-    params = load_stage(StatsParams, "stats", name, args.params,
-                        flag_overrides(args, StatsParams))
+    params, ds = stage_settings(args, StatsParams, "stats")
     lock_output(args.out, "python -m pipeline.stats")
-    kind = load_dataset(name, args.params).kind
+    kind = ds.kind
     options = reader_options(name, args.params)
     split = read_split(args.split, name)
     refs = split.train

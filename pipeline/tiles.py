@@ -41,7 +41,6 @@ settings (``datasets.<name>.bands`` / ``.reader``) decide what each product give
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -58,7 +57,7 @@ import numpy as np
 from parsers.atomic import GuardedFile, atomic_path
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage, to_dict
+from pipeline.params import stage_parser, stage_settings, to_dict
 from pipeline.products import Product, ProductRef, open_ref, reader_options
 from pipeline.schedulers import check_scheduler, ordered_map
 
@@ -609,25 +608,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.split import SPLITS, read_split
     from pipeline.stats import read_stats
 
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.tiles", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--params", default=None,
-                        help="params file (default: ./params.yaml when present)")
-    parser.add_argument("--dataset", "--source", dest="dataset", required=True,
-                        help="the data set (an entry of params section datasets)")
+    parser = stage_parser("python -m pipeline.tiles", __doc__.split("\n\n")[0], TileParams)
     parser.add_argument("--split", required=True, help="split file from pipeline.split")
     parser.add_argument("--stats", required=True, help="stats.json from pipeline.stats")
     parser.add_argument("--out", required=True, help="folder for train.h5 and test.h5")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_flags(parser.add_argument_group("overrides of the params (TileParams keys)"),
-              TileParams)
     args = parser.parse_args(argv)
     dataset = args.dataset
-    params = load_stage(TileParams, "tiles", dataset, args.params,
-                        flag_overrides(args, TileParams))
+    params, ds = stage_settings(args, TileParams, "tiles")
     lock_output(args.out, "python -m pipeline.tiles")
-    kind = load_dataset(dataset, args.params).kind
+    kind = ds.kind
     options = reader_options(dataset, args.params)
     split = read_split(args.split, dataset)
     stats = read_stats(args.stats)

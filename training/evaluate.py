@@ -59,7 +59,7 @@ import torch
 
 from parsers.errors import ProductError, UserError, cli_entry
 from parsers.locks import lock_output
-from pipeline.params import add_flags, flag_overrides, load_stage
+from pipeline.params import flag_overrides, load_stage, stage_parser
 from training import baselines as BL
 from training import report as R
 from training import sscz
@@ -686,20 +686,13 @@ def _j2k_curve(ev: Evaluation, first: MethodResult) -> tuple[str, np.ndarray] | 
 
 # --------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=None,
-                    help="params file (default: ./params.yaml when present, else defaults)")
-    ap.add_argument("--dataset", "--source", dest="dataset", required=True,
-                    help="the data set (an entry of params section datasets)")
+    ap = stage_parser("python -m training.evaluate", __doc__.split("\n")[0], EvaluateParams)
     ap.add_argument("--tiles", type=Path, required=True, help="test.h5 of pipeline.tiles")
     ap.add_argument("--checkpoint", type=Path, required=True, action="append",
                     help="best.pt of training.train; repeat it for several models (e.g. a "
                          "lambda sweep): the first one gets the per-band table and figures")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--quiet", action="store_true")
-    add_flags(ap.add_argument_group("overrides of the params (one flag per EvaluateParams key)"),
-              EvaluateParams)
     return ap.parse_args(argv)
 
 

@@ -57,7 +57,7 @@ from parsers.atomic import atomic_open
 from parsers.errors import ParamsError, ProductError, UserError, cli_entry
 from parsers.integrity import checkpoint_archive_problem
 from parsers.locks import lock_output
-from pipeline.params import add_flags, flag_overrides, load_dataset, load_stage, to_dict
+from pipeline.params import flag_overrides, load_dataset, load_stage, stage_parser, to_dict
 from training.codec import LatentCodec, RateDistortionNet, finalise_state, has_entropy_model
 from training.data import tile_file_fingerprint
 from training.device import (
@@ -150,11 +150,7 @@ class TrainParams:
 # --- command line ------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--params", type=Path, default=None,
-                   help="params file (default: ./params.yaml when present, else defaults)")
-    p.add_argument("--dataset", "--source", dest="dataset", required=True,
-                   help="the data set (an entry of params section datasets)")
+    p = stage_parser("python -m training.train", __doc__.split("\n")[0], TrainParams)
     p.add_argument("--tiles", type=Path, required=True,
                    help="tile folder holding train.h5 (or the .h5 file itself)")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, dvclive)")
@@ -166,8 +162,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="progress bar (default: when stderr is a terminal)")
     p.add_argument("--init", type=Path, default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (fine-tuning; fresh optimiser)")
-    add_flags(p.add_argument_group("overrides of the params (one flag per TrainParams key)"),
-              TrainParams)
     return p.parse_args(argv)
 
 
