@@ -388,7 +388,7 @@ def add_flags(
         flag = flag_name(key)
         kwargs: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS,
                                   "help": field.metadata.get("help")}
-        if tp is bool:
+        if tp is bool or _optional_of(tp) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         literal = tp if typing.get_origin(tp) is typing.Literal else None
@@ -398,6 +398,15 @@ def add_flags(
             kwargs["type"] = _flag_type(tp, flag)
             kwargs["metavar"] = key.upper()
         parser.add_argument(flag, **kwargs)
+
+
+def _optional_of(tp: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else None
+    return None
 
 
 def flag_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:

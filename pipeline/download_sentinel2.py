@@ -31,7 +31,7 @@ import dataclasses
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -39,9 +39,9 @@ from parsers.errors import EXIT_OK, ParamsError, UserError, cli_entry
 from parsers.locks import lock_output
 from parsers.sentinel2 import DEFAULT_BANDS, Sentinel2Settings, check_bands
 from pipeline import manifest as mf
-from pipeline.params import DEFAULT_PARAMS, from_dict, load_section
+from pipeline.params import DEFAULT_PARAMS, add_flags, flag_overrides, from_dict, load_section
 from pipeline.selection import SELECTIONS, pick
-from pipeline.sentinel2_backends import BACKENDS, make_backend
+from pipeline.sentinel2_backends import make_backend
 from pipeline.sentinel2_backends.common import Failed, Fetched, Product, Query
 
 PROG = "python -m pipeline.download_sentinel2"
@@ -72,28 +72,39 @@ class DownloadSentinel2Params:
     ``first`` or ``spread`` over the date range.
     """
 
-    backend: Literal["stac", "cdse", "dhus"] = "stac"
-    out: Path = Path("data/raw/sentinel2")
-    bbox: tuple[float, float, float, float] = LOMBARDIA_BBOX
-    start: str = "2017-01-01"
-    end: str = "2017-12-31"
-    level: Literal["L2A", "L1C"] = "L2A"
-    max_cloud: float = 20.0
-    max_products: int = 10
-    selection: Literal["first", "spread"] = "spread"
-    window_px: int = 1920
-    stac_url: str = EARTH_SEARCH_URL
-    stac_collection: str = "sentinel-2-c1-l2a"
-    cdse_catalogue_url: str = CDSE_CATALOGUE_URL
-    cdse_download_url: str = CDSE_DOWNLOAD_URL
-    cdse_token_url: str = CDSE_TOKEN_URL
-    dhus_url: str | None = None
-    page_size: int = 100
-    workers: int = 4
-    retries: int = 5
-    backoff: float = 0.5
-    timeout: float = 60.0
-    progress: bool | None = None
+    backend: Literal["stac", "cdse", "dhus"] = field(
+        default="stac", metadata={"help": "stac (default), cdse or dhus"})
+    out: Path = field(default=Path("data/raw/sentinel2"), metadata={
+        "help": "output folder (default data/raw/sentinel2)"})
+    bbox: tuple[float, float, float, float] = field(default=LOMBARDIA_BBOX, metadata={
+        "help": "area of interest W,S,E,N, degrees (default: Lombardia)"})
+    start: str = field(default="2017-01-01", metadata={"help": "first sensing date, YYYY-MM-DD"})
+    end: str = field(default="2017-12-31", metadata={"help": "last sensing date, YYYY-MM-DD"})
+    level: Literal["L2A", "L1C"] = field(default="L2A", metadata={"help": "product level"})
+    max_cloud: float = field(default=20.0, metadata={"help": "maximum cloud cover, percent"})
+    max_products: int = field(default=10, metadata={"help": "maximum number of products"})
+    selection: Literal["first", "spread"] = field(default="spread", metadata={
+        "help": "which products when more match: first (earliest) or spread over the date range"})
+    window_px: int = field(
+        default=1920, metadata={"help": "stac: window edge in 10 m pixels (0: all)"})
+    stac_url: str = field(
+        default=EARTH_SEARCH_URL, metadata={"help": "STAC API root (default Earth Search v1)"})
+    stac_collection: str = field(default="sentinel-2-c1-l2a", metadata={"help": "STAC collection"})
+    cdse_catalogue_url: str = field(
+        default=CDSE_CATALOGUE_URL, metadata={"help": "CDSE OData catalogue base URL"})
+    cdse_download_url: str = field(
+        default=CDSE_DOWNLOAD_URL, metadata={"help": "CDSE OData download base URL"})
+    cdse_token_url: str = field(
+        default=CDSE_TOKEN_URL, metadata={"help": "CDSE identity (OpenID token) URL"})
+    dhus_url: str | None = field(
+        default=None, metadata={"help": "dhus: base URL of a DHuS hub (required; no default)"})
+    page_size: int = field(default=100, metadata={"help": "search results per page"})
+    workers: int = field(default=4, metadata={"help": "parallel transfers, 1..4"})
+    retries: int = field(default=5, metadata={"help": "retries per request"})
+    backoff: float = field(default=0.5, metadata={"help": "first retry delay, seconds (doubles)"})
+    timeout: float = field(default=60.0, metadata={"help": "network timeout, seconds"})
+    progress: bool | None = field(
+        default=None, metadata={"help": "progress bars (default: when stderr is a terminal)"})
 
     def __post_init__(self) -> None:
         w, s, e, n = self.bbox
@@ -340,59 +351,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
                    help="params file (section download_sentinel2; bands from "
                         "datasets.sentinel2.reader.bands)")
-    p.add_argument("--backend", choices=BACKENDS, help="stac (default), cdse or dhus")
-    p.add_argument("--out", help="output folder (default data/raw/sentinel2)")
-    p.add_argument("--bbox", type=_floats, metavar="W,S,E,N",
-                   help="area of interest, degrees (default: Lombardia)")
-    p.add_argument("--start", help="first sensing date, YYYY-MM-DD (default 2017-01-01)")
-    p.add_argument("--end", help="last sensing date, YYYY-MM-DD (default 2017-12-31)")
-    p.add_argument("--level", choices=("L2A", "L1C"), help="product level (default L2A)")
-    p.add_argument("--max-cloud", type=float, help="maximum cloud cover, percent")
-    p.add_argument("--max-products", type=int, help="maximum number of products")
-    p.add_argument("--selection", choices=SELECTIONS,
-                   help="which products when more match: first (earliest) or spread over the "
-                   "date range (default)")
-    p.add_argument("--window-px", type=int, help="stac: window edge in 10 m pixels (0: all)")
-    p.add_argument("--stac-url", help="STAC API root (default Earth Search v1)")
-    p.add_argument("--stac-collection", help="STAC collection (default sentinel-2-c1-l2a)")
-    p.add_argument("--cdse-catalogue-url", help="CDSE OData catalogue base URL")
-    p.add_argument("--cdse-download-url", help="CDSE OData download base URL")
-    p.add_argument("--cdse-token-url", help="CDSE identity (OpenID token) URL")
-    p.add_argument("--dhus-url", help="dhus: base URL of a DHuS hub (required; no default)")
-    p.add_argument("--workers", type=int, help="parallel transfers, 1..4")
-    p.add_argument("--retries", type=int, help="retries per request")
-    p.add_argument("--backoff", type=float, help="first retry delay, seconds (doubles)")
-    p.add_argument("--timeout", type=float, help="network timeout, seconds")
-    p.add_argument("--page-size", type=int, help="search results per page")
     p.add_argument("--locked", type=Path, metavar="MANIFEST",
                    help="fetch exactly the products of this manifest; fail if any differs")
-    bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show progress bars")
-    bar.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="never show progress bars")
+    add_flags(p.add_argument_group("overrides of the params (DownloadSentinel2Params keys)"),
+              DownloadSentinel2Params)
     return p
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected W,S,E,N numbers") from None
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 4 numbers W,S,E,N")
-    return values
 
 
 @cli_entry(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("params", "locked")}
+    overrides = flag_overrides(args, DownloadSentinel2Params)
     params_path = args.params
     if not Path(params_path).is_file() and params_path == DEFAULT_PARAMS:
         # No params.yaml here: defaults plus flags (typed and validated the same way).
-        given = {k: v for k, v in overrides.items() if v is not None}
-        settings = from_dict(DownloadSentinel2Params, given, where=PROG)
+        settings = from_dict(DownloadSentinel2Params, overrides, where=PROG)
     else:
         settings = load_section(DownloadSentinel2Params, "download_sentinel2", params_path,
                                 overrides)

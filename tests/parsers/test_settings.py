@@ -168,6 +168,7 @@ class Flags:
     compile: bool = False
     out: Path = Path("o")
     lmbda: float = field(default=1.0, metadata={"key": "lambda"})
+    progress: bool | None = None
 
 
 def parse(*argv: str) -> dict:
@@ -184,6 +185,7 @@ def test_flags_come_from_the_fields_and_only_given_ones_override():
     assert got == {"arch": "conv", "latent": [8, 2], "widths": [4, 4, 4, 8],
                    "rates": [0.5, 2], "bands": ["B02", "B03"], "batch_size": 16,
                    "compile": False, "out": "m/x", "lambda": 1000.0}
+    assert parse("--no-progress") == {"progress": False}
     assert parse("--latent", "1000")["latent"] == 1000
     assert parse("--latent", "[1024, 8]")["latent"] == [1024, 8]
     assert parse("--rates", "4")["rates"] == [4]
