@@ -55,9 +55,15 @@ def main() -> int:
         return 0
     print(f"machine: {machine()}", flush=True)
 
+    shown = [0]
+
     def progress(report: fuzz.Report) -> None:
         print(f"  {report.cases} cases, {dict(report.outcomes)}, slowest "
               f"{report.max_seconds:.2f} s", flush=True)
+        for r in report.failures[shown[0]:]:
+            print(f"  found: {r.outcome} case {r.case.index} {r.case.seed} {r.case.mutation} "
+                  f"-> {r.case.reader}: {r.detail}", flush=True)
+        shown[0] = len(report.failures)
 
     report = fuzz.run(args.cases, seed=args.seed, start=args.start, workers=args.workers,
                       data=args.data, progress=progress)

@@ -46,6 +46,10 @@ SPECIAL_KEYS = (
     "HIGH_REPR_SATURATION", "HIGH_INSTR_SATURATION",
 )
 MAX_CORE_ITEMS = 1 << 36  # 64 Gi items: anything larger is a broken label
+# Suffix items per axis (real products have a few): each one costs Python work (and a field
+# of a structured dtype) before the byte accounting can refuse a broken label; 65,536 of
+# them took 6 s (found by benchmarks/fuzz_readers.py).
+MAX_SUFFIX_ITEMS = 4096
 _CHUNK_BYTES = 1 << 19  # conversion chunk: stays in the L2 cache with its output and mask
 
 
@@ -755,8 +759,11 @@ def _find_qube(label: Block, path: Path) -> tuple[str, Block, str]:
 def _resolve_file(label_path: Path, name: str) -> Path:
     folder = label_path.parent
     direct = folder / name
-    if direct.exists():
-        return direct
+    try:
+        if direct.exists():
+            return direct
+    except OSError:  # e.g. a name longer than the file system allows (a damaged label)
+        raise ProductError(label_path, f"data file name unusable: {name[:60]!r}...") from None
     try:
         for entry in os.listdir(folder):
             if entry.lower() == name.lower():
@@ -961,7 +968,7 @@ def qube_label(path: Path, label: Block, suffix_type_defaults: dict[str, str] | 
     except ValueError as exc:
         raise ProductError(path, f"CORE_ITEM_TYPE: {exc}") from None
     counts = [_int(v, "SUFFIX_ITEMS") for v in _seq(qube.get("SUFFIX_ITEMS", [0, 0, 0]))]
-    if len(counts) != 3 or min(counts) < 0 or max(counts) > 100_000:
+    if len(counts) != 3 or min(counts) < 0 or max(counts) > MAX_SUFFIX_ITEMS:
         raise ProductError(path, f"invalid SUFFIX_ITEMS = {qube.get('SUFFIX_ITEMS')!r}")
     suffix_bytes = _int(qube.get("SUFFIX_BYTES", 4), "SUFFIX_BYTES")
     if counts != [0, 0, 0] and not 1 <= suffix_bytes <= 64:

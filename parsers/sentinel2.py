@@ -452,14 +452,19 @@ def _read_plane(src, band_index: int, grid: _Grid, window: tuple[int, int, int, 
 
     row, col, h, w = window
     st = src.transform
+    if not all(math.isfinite(v) for v in (st.a, st.b, st.c, st.d, st.e, st.f)) or st.a == 0:
+        raise ProductError(label, f"unusable geotransform {tuple(st)[:6]} (damaged header?)")
     if src.crs is not None and grid.crs is not None and src.crs != grid.crs:
         raise ProductError(label, f"CRS {src.crs} differs from the product grid's {grid.crs}")
     if abs(st.b) > 1e-9 or abs(st.d) > 1e-9:
         raise ProductError(label, "rotated rasters are not supported")
     ratio = abs(st.a) / grid.res
-    k = round(ratio)
     dx = (st.c - grid.transform.c) / grid.res
     dy = (grid.transform.f - st.f) / grid.res
+    if not (1e-6 < ratio < 1e6 and abs(dx) < 1e9 and abs(dy) < 1e9):  # no finite overlap
+        raise ProductError(label, f"a {abs(st.a):g} m raster at ({st.c:g}, {st.f:g}) cannot "
+                                  f"lie on the product's {grid.res:g} m grid (damaged header?)")
+    k = round(ratio)
     aligned = (k >= 1 and abs(ratio - k) < 1e-6 and abs(dx - round(dx)) < 1e-6
                and abs(dy - round(dy)) < 1e-6 and abs(abs(st.e) - abs(st.a)) < 1e-9)
     try:

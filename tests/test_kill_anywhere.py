@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,3 +330,42 @@ def test_training_resumes_from_its_last_checkpoint_and_says_so(reference, tmp_pa
         assert same_checkpoint(ws / rel, ref / rel), rel
     assert math.isfinite(json.loads((ws / "models/virtis/dvclive/metrics.json").read_text())
                          ["train"]["loss"])
+
+
+def test_dvc_repro_after_a_kill_resumes_training(reference, tmp_path: Path) -> None:
+    """``dvc repro`` itself killed mid-training: DVC keeps last.pt (persist), the rerun
+    takes over the stale locks (DVC's and ours), continues from last.pt and says so."""
+    pytest.importorskip("dvc")
+    _root, ref, stages, _timing = reference
+    ws = tmp_path / "ws"
+    prepare(ws, ref, stages, "train@virtis")
+    for name in ("dvc.yaml", *demo.PACKAGES):
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, ws / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, ws / name)
+    env = {**demo.stage_env(), "PYTHONPATH": ""}
+
+    def dvc(*args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=ws, env=env,
+                                stdout=kw.get("out", subprocess.PIPE),
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    assert dvc("init", "--no-scm", "-q").wait(timeout=120) == 0
+    log = ws.parent / "repro.log"
+    with open(log, "w") as fh:
+        first = dvc("repro", "-s", "train@virtis", out=fh)
+        deadline = time.monotonic() + 300
+        while not (ws / "models/virtis/last.pt").is_file():  # epoch 1 done (atomic rename)
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert epoch_of(ws / "models/virtis/last.pt") in (1, 2)
+    second = dvc("repro", "-s", "train@virtis")
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out[-3000:]
+    assert re.search(r"resuming from models/virtis/last\.pt after epoch [12] of 3", out), out
+    for rel in ("models/virtis/last.pt", "models/virtis/best.pt"):
+        assert same_checkpoint(ws / rel, ref / rel), rel

@@ -34,6 +34,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -588,7 +589,7 @@ class Trainer:
             "metrics": self.history[-1] if self.history else {},
             "best": self.best, "params": to_dict(self.p), "torch_version": str(torch.__version__),
             "world": self.d.world,
-            "tiles_fingerprint": self.tiles_fingerprint,
+            "resume_fingerprint": self.resume_fingerprint,
         }
         if self.codec is not None:
             state = finalise_state(state, self.codec)
@@ -604,8 +605,13 @@ class Trainer:
         self.d.barrier()
 
     @functools.cached_property
-    def tiles_fingerprint(self) -> str:
-        return tile_file_fingerprint(self.info.path)
+    def resume_fingerprint(self) -> str:
+        """What a resumed run must share with the one it continues: the tile file's content
+        and the training code (a run interrupted before a code change starts afresh)."""
+        code = hashlib.sha256()
+        for path in sorted(Path(__file__).parent.glob("*.py")):
+            code.update(path.name.encode() + path.read_bytes())
+        return f"{tile_file_fingerprint(self.info.path)}:{code.hexdigest()}"
 
     def interrupted_run(self, path: Path) -> str | None:
         """The log line when ``path`` (OUT/last.pt) holds an unfinished run of this training
@@ -626,11 +632,12 @@ class Trainer:
         done = int(ckpt.get("epoch", 0))
         if any(json.dumps(old.get(k)) != json.dumps(new.get(k))
                for k in (*RESUME_KEYS, "bands", "tile")) \
-                or ckpt.get("tiles_fingerprint") != self.tiles_fingerprint \
+                or ckpt.get("resume_fingerprint") != self.resume_fingerprint \
                 or not 0 < done < self.p.epochs:
             return None
         return (f"resuming from {path} after epoch {done} of {self.p.epochs}: an earlier run "
-                "with the same settings and tiles stopped there (delete it to start afresh)")
+                "with the same settings, tiles and code stopped there (delete it to start "
+                "afresh)")
 
     def resume(self, path: Path) -> None:
         """Continue from a ``last.pt`` written by any number of processes on any device.
