@@ -49,8 +49,8 @@ SEED = int(os.environ.get("KILL_SEED", "16"))
 STAGES = ("download_pds", "download_sentinel2", "split@virtis", "stats@virtis",
           "tiles@virtis", "train@virtis", "evaluate@virtis")
 OVERRIDES = {**demo.DEMO_OVERRIDES, **demo.TEST_OVERRIDES,
-             "train.common.epochs": 3, "train.common.deterministic": True,
-             "evaluate.common.baselines": False}  # their codecs write nothing of their own
+             "train.epochs": 3, "train.deterministic": True,
+             "evaluate.baselines": False}  # their codecs write nothing of their own
 TEMPORARY = re.compile(r"(^\..*\.tmp$)|(\.part$)|(\.lock$)")
 TIMING = re.compile(r"mbps|MB/s|throughput", re.I)
 
@@ -67,19 +67,24 @@ class Stage:
 
 
 def load_stages() -> dict[str, Stage]:
-    """The stages of dvc.yaml, matrix stages expanded for virtis."""
+    """The stages of dvc.yaml, ``foreach`` stages expanded for the virtis data set."""
     spec = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    dataset = demo.load_repo_params()["datasets"]["virtis"]
     stages = {}
     for name, entry in spec.items():
-        item = {"source": "virtis"} if "matrix" in entry else None
-        key = f"{name}@virtis" if item else name
+        each = "foreach" in entry
+        body = entry["do"] if each else entry
 
-        def fill(text: str, item: dict | None = item) -> str:
-            return text.replace("${item.source}", item["source"]) if item else text
+        def fill(text: str, each: bool = each) -> str:
+            if not each:
+                return text
+            text = text.replace("${key}", "virtis")
+            return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(dataset[m.group(1)]), text)
 
         outs = [fill(next(iter(o)) if isinstance(o, dict) else o)
-                for kind in ("outs", "metrics", "plots") for o in entry.get(kind, [])]
-        stages[key] = Stage(key, shlex.split(fill(entry["cmd"])), outs)
+                for kind in ("outs", "metrics", "plots") for o in body.get(kind, [])]
+        key = f"{name}@virtis" if each else name
+        stages[key] = Stage(key, shlex.split(fill(body["cmd"])), outs)
     return stages
 
 
