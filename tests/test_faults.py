@@ -98,6 +98,36 @@ def test_disk_full_during_a_download(tmp_path: Path) -> None:
     assert not leftovers(tmp_path)
 
 
+def test_flipped_byte_in_a_download_is_caught_by_locked_and_verify(tmp_path: Path) -> None:
+    root = tmp_path / "psa"
+    build_psa_archive(root, datasets=[DATASET], products_per_dataset=2, bands=16, samples=16,
+                      lines=16, seed=2)
+    ws = tmp_path / "ws"
+    out = ws / "data/raw/virtis"
+    params = write_params(tmp_path / "params.yaml", {"download_pds.retries": 1})
+    with serve_directory(root) as url:
+        args = ["pipeline.download_pds", "--params", str(params), "--base-url", url,
+                "--out", str(out), "--no-progress"]
+        assert run_tool([*args, "--dataset", DATASET, "--max-files", "2"], tmp_path) \
+            .returncode == 0
+        product = sorted(out.rglob("*.CAL"))[0]
+        good = product.read_bytes()
+        flip(product, len(good) - 7)
+        rel = product.relative_to(ws).as_posix()
+        found = run_tool(["pipeline.verify", str(ws), "--no-load"], tmp_path)
+        assert found.returncode == 1
+        assert found.stdout.splitlines() == [
+            f"{rel}: sha256 differs from data/raw/virtis/manifest.json (damaged?)"]
+        lock = tmp_path / "lock.json"
+        lock.write_bytes((out / "manifest.json").read_bytes())
+        again = run_tool([*args, "--locked", str(lock)], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"warning: {product}: its sha256 differs from the expected one (damaged or " \
+           "changed since it was fetched?); fetching it again" in again.stderr
+    assert product.read_bytes() == good
+    assert run_tool(["pipeline.verify", str(ws), "--no-load"], tmp_path).returncode == 0
+
+
 TILES = ["pipeline.tiles", "--params", "params.yaml", "--dataset", "virtis", "--split",
          "data/split/virtis.json", "--stats", "data/stats/virtis.json", "--out",
          "data/tiles/virtis", "--no-progress"]
