@@ -58,7 +58,8 @@ class LatentCodec(nn.Module):
         channels = self.latent_shape[0]
         self.center = nn.Parameter(torch.zeros(channels))
         self.log_gain = nn.Parameter(torch.zeros(channels))
-        self.prior = FactorizedPrior(channels, filters)
+        # The prior starts about as wide as init_from spreads the latents (+-4 std).
+        self.prior = FactorizedPrior(channels, filters, init_scale=4 * INIT_STEPS)
 
     @property
     def channels(self) -> int:
@@ -190,8 +191,9 @@ class Codec:
         model, ckpt = load_checkpoint(path, map_location="cpu")
         if not has_entropy_model(ckpt):
             raise ProductError(path, "has no entropy model (a reconstruction-only checkpoint);"
-                                     " train with objective rate_distortion (or fine-tune it "
-                                     "with training.train --init) to compress")
+                                     " .sscz coding needs a rate-distortion checkpoint: train "
+                                     "with objective rate_distortion, or fine-tune this one "
+                                     "with training.train --init")
         try:
             self.latent = codec_from_state(model, ckpt).eval()
             self.tables = IntegerTables.from_state(ckpt["entropy_tables"])

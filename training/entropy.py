@@ -49,7 +49,6 @@ TOTAL = 1 << PRECISION
 TAIL_MASS = 1e-6
 #: Largest number of table entries per channel (values beyond are escaped).
 MAX_SUPPORT = 1 << 14
-LIKELIHOOD_FLOOR = 1e-9
 
 
 class FactorizedPrior(nn.Module):
@@ -85,22 +84,37 @@ class FactorizedPrior(nn.Module):
                 x = x + torch.tanh(self.factors[k]) * torch.tanh(x)
         return x
 
-    def likelihood(self, y: torch.Tensor) -> torch.Tensor:
-        """P(bin [y - 1/2, y + 1/2]) per value, same shape as ``y`` (N, C, ...), >= 1e-9."""
+    def log_likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """ln P(bin [y - 1/2, y + 1/2]) per value, same shape as ``y`` (N, C, ...).
+
+        Computed in log space, ``ln(s(hi) - s(lo)) = ln s(hi) + ln(1 - exp(ln s(lo) -
+        ln s(hi)))`` on the side of the sigmoid where both are small, and not floored: a value
+        far in a tail costs what the prior says, growing with its distance, and keeps a useful
+        gradient. (A floor such as 1e-9 caps the cost of any value at 30 bits; training then
+        learns to push latents beyond it, where finer quantisation is free, while the real
+        file pays escapes for every such value.)
+        """
         n, c = y.shape[0], y.shape[1]
         if c != self.channels:
             raise ValueError(f"prior has {self.channels} channels, latent has {c}")
         flat = y.transpose(0, 1).reshape(c, 1, -1)
         upper = self.cdf_logits(flat + 0.5)
         lower = self.cdf_logits(flat - 0.5)
-        sign = -torch.sign(upper + lower).detach()  # evaluate in the flat tail of the sigmoid
-        lik = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
-        lik = lik.clamp_min(LIKELIHOOD_FLOOR)
-        return lik.reshape(c, n, *y.shape[2:]).transpose(0, 1)
+        sign = -torch.sign(upper + lower).detach()  # the flat tail of the sigmoid
+        a, b = sign * upper, sign * lower
+        log_hi = F.logsigmoid(torch.maximum(a, b))
+        log_lo = F.logsigmoid(torch.minimum(a, b))
+        gap = (log_hi - log_lo).clamp_min(1e-12)
+        ll = log_hi + torch.log(-torch.expm1(-gap))
+        return ll.reshape(c, n, *y.shape[2:]).transpose(0, 1)
+
+    def likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """P(bin [y - 1/2, y + 1/2]) per value, same shape as ``y`` (N, C, ...)."""
+        return self.log_likelihood(y).exp()
 
     def bits(self, y: torch.Tensor) -> torch.Tensor:
         """Rate of each item of the batch in bits, shape (N,)."""
-        return -torch.log2(self.likelihood(y)).flatten(1).sum(dim=1)
+        return -self.log_likelihood(y).flatten(1).sum(dim=1) / math.log(2)
 
 
 # --------------------------------------------------------------------------- integer tables

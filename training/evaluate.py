@@ -261,6 +261,7 @@ class MethodResult:
     header_bits: float = math.nan  # entropy-coded models: the .sscz header
     coder_s: float = 0.0
     network_s: float = 0.0
+    lam: float | None = None  # entropy-coded models: the lambda they were trained with
 
     @property
     def bpppc(self) -> float:
@@ -395,7 +396,9 @@ class Runner:
                                         half))
             else:
                 self.sscnet.append((c, MethodResult("sscnet_rd", c.label, self.acc(st, fsim),
-                                                    cr_values=cr), False))
+                                                    cr_values=cr,
+                                                    lam=c.ckpt["config"].get("lambda")),
+                                    False))
         self.codecs: list[BL.Codec] = []
         self.codec_results: list[MethodResult] = []
         self.built_s = 0.0
@@ -570,7 +573,7 @@ def _sscnet_summary(r: MethodResult, native_bits: int) -> dict[str, Any]:
            "encode_mbps": row["encode_mbps"], "decode_mbps": row["decode_mbps"]}
     if r.method == "sscnet_rd":
         out.update(latent_bpppc=row["latent_bpppc"], header_share=row["header_share"],
-                   coder_share=row["coder_share"])
+                   coder_share=row["coder_share"], **{"lambda": r.lam})
     return out
 
 
@@ -588,12 +591,14 @@ def summarise(ev: Evaluation, inp: Inputs, source: str) -> dict[str, Any]:
                        "5 scales",
         "sam_unit": "degrees",
     }
-    sscnet = [r for r in ev.results if r.method in SSCNET_METHODS]
-    for r in sscnet:
-        if r.method in ("sscnet_fp32", "sscnet_fp16") and r.method not in metrics:
+    # One model per method under stable keys (DVC compares experiments key by key); a sweep
+    # evaluated together also lists every entropy-coded model under sscnet_rd_sweep.
+    for r in ev.results:
+        if r.method in SSCNET_METHODS and r.method not in metrics:
             metrics[r.method] = _sscnet_summary(r, inp.native_bits)
-        elif r.method == "sscnet_rd":
-            metrics.setdefault("sscnet_rd", {})[r.setting] = _sscnet_summary(r, inp.native_bits)
+    coded = [_sscnet_summary(r, inp.native_bits) for r in ev.results if r.method == "sscnet_rd"]
+    if len(coded) > 1:
+        metrics["sscnet_rd_sweep"] = coded
     metrics["sscnet_throughput"] = ev.throughput
     lossless = {r.method: r.bpppc for r in ev.results if r.lossless}
     if lossless:

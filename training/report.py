@@ -157,9 +157,11 @@ def headline(metrics: Mapping[str, Any], native_bits: int) -> list[str]:
                          f"{fmt(m['cr_values'], 2)}:1, bit ratio against {native_bits}-bit "
                          f"input {fmt(m['cr_bits'], 2)}:1); PSNR {fmt(m['psnr'])} dB (peak 1), "
                          f"{fmt(m['psnr_phys'])} dB (physical), SAM {fmt(m['sam'])} deg.")
-    for label, m in (metrics.get("sscnet_rd") or {}).items():
+    coded = metrics.get("sscnet_rd_sweep") or ([metrics["sscnet_rd"]]
+                                                if metrics.get("sscnet_rd") else [])
+    for m in coded:
         items.append(
-            f"SSCNet entropy-coded ({label}): real rate {m['bpppc']:.4f} bpppc (the .sscz "
+            f"SSCNet entropy-coded ({m['setting']}): real rate {m['bpppc']:.4f} bpppc (the .sscz "
             f"bytes; header {100 * m['header_share']:.2f} % of them), latent bits "
             f"{m['latent_bpppc']:.4f} bpppc, value-count ratio {fmt(m['cr_values'], 2)}:1; "
             f"PSNR {fmt(m['psnr'])} dB (peak 1), {fmt(m['psnr_phys'])} dB (physical), SAM "

@@ -127,7 +127,7 @@ class TrainParams:
     bands: int | None = None
     tile: int | None = None
     objective: Literal["reconstruction", "rate_distortion"] = "reconstruction"
-    lmbda: float = field(default=1000.0, metadata={
+    lmbda: float = field(default=30.0, metadata={
         "key": "lambda", "help": "rate_distortion: loss = lambda * distortion + bpppc"})
 
     def __post_init__(self) -> None:

@@ -33,9 +33,11 @@ def test_evaluate_reports_the_real_rate_of_a_lambda_sweep(codec_files, nan_tiles
                     "--checkpoint", str(second), "--out", str(out), "--quiet",
                     "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    rd = metrics["sscnet_rd"]
-    assert list(rd) == ["lambda 1000, latent 8x4x4", "lambda 50, latent 8x4x4"]
-    first = rd["lambda 1000, latent 8x4x4"]
+    first = metrics["sscnet_rd"]  # the first checkpoint, under keys DVC can compare
+    sweep = metrics["sscnet_rd_sweep"]
+    assert [m["setting"] for m in sweep] == ["lambda 1000, latent 8x4x4",
+                                             "lambda 50, latent 8x4x4"]
+    assert first == sweep[0] and [m["lambda"] for m in sweep] == [1000, 50]
 
     # the real rate is exactly the size of the file compress writes for the same tiles
     report = C.compress(codec_files["tiles"], Codec(codec_files["ckpt"]), tmp_path / "t.sscz")
