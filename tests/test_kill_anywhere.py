@@ -52,7 +52,7 @@ OVERRIDES = {**demo.DEMO_OVERRIDES, **demo.TEST_OVERRIDES,
              "train.epochs": 3, "train.deterministic": True,
              "evaluate.baselines": False}  # their codecs write nothing of their own
 TEMPORARY = re.compile(r"(^\..*\.tmp$)|(\.part$)|(\.lock$)")
-TIMING = re.compile(r"mbps|MB/s|throughput", re.I)
+TIMING = re.compile(r"mbps|MB/s|throughput|coder.share", re.I)  # coder share: a time ratio
 
 
 @dataclass(frozen=True)

@@ -165,9 +165,8 @@ def headline(metrics: Mapping[str, Any], native_bits: int) -> list[str]:
             f"bytes; header {100 * m['header_share']:.2f} % of them), latent bits "
             f"{m['latent_bpppc']:.4f} bpppc, value-count ratio {fmt(m['cr_values'], 2)}:1; "
             f"PSNR {fmt(m['psnr'])} dB (peak 1), {fmt(m['psnr_phys'])} dB (physical), SAM "
-            f"{fmt(m['sam'])} deg; encode {fmt(m['encode_mbps'], 2)} MB/s, decode "
-            f"{fmt(m['decode_mbps'], 2)} MB/s, entropy coder {fmt(100 * m['coder_share'], 1)} %"
-            " of the network time.")
+            f"{fmt(m['sam'])} deg (throughput and the entropy coder's share of the time: "
+            "Throughput of SSCNet, below).")
     lossless = metrics.get("lossless_bpppc") or {}
     if lossless:
         items.append(f"Lossless floor: {metrics['lossless_floor_bpppc']:.3f} bpppc ("
