@@ -6,7 +6,8 @@
 - every ``python -m parsers.X`` / ``pipeline.X`` / ``training.X`` in README.md and docs/*.md
   names a module of the repository;
 - the README stays a front door (at most 300 lines), its test command is the one CI runs, and
-  no page points at the team's reference folder beside the checkout, which a clone does not have.
+  no page points at the team's reference folder beside the checkout, which a clone does not have;
+- docs/README.md lists every page of docs/, and every ``docs/*.md`` a source file cites exists.
 """
 
 from __future__ import annotations
@@ -161,3 +162,23 @@ def test_the_checks_catch_what_they_should(tmp_path: Path) -> None:
                     "```\n[w](inside-code.md)\n```\n", encoding="utf-8")
     assert relative_links(page) == ["other.md#a"]
     assert anchors(page) == {"a-title"}
+
+
+_DOC_CITATION = re.compile(r"\bdocs/[\w.-]+\.md\b")
+
+
+def test_every_docs_page_the_code_cites_exists() -> None:
+    missing = []
+    for pkg in (*PACKAGES, "tests", "benchmarks", "docs"):
+        for path in sorted((REPO_ROOT / pkg).rglob("*.py")):
+            for cited in set(_DOC_CITATION.findall(path.read_text(encoding="utf-8"))):
+                if not (REPO_ROOT / cited).is_file():
+                    missing.append(f"{_rel(path)} cites {cited}")
+    assert not missing, "; ".join(sorted(missing))
+
+
+def test_the_docs_index_lists_every_page() -> None:
+    index = REPO_ROOT / "docs" / "README.md"
+    listed = {(index.parent / u.partition("#")[0]).resolve() for u in relative_links(index)}
+    unlisted = [_rel(p) for p in PAGES[1:] if p != index and p.resolve() not in listed]
+    assert not unlisted, f"docs/README.md does not list {unlisted}"
