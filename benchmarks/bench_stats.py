@@ -69,12 +69,15 @@ def make_cubes(workdir: Path, gb: float, lines: int) -> list[Path]:
 
 
 class PeakRSS:
-    """Highest summed RSS (bytes) of this process and its children while active."""
+    """Highest summed RSS (bytes) of this process and its descendants while active, and the
+    CPU seconds of every descendant seen (its last sample: worker processes forked by a
+    forkserver are not this process's children, so RUSAGE_CHILDREN misses them)."""
 
     def __init__(self, interval: float = 0.02) -> None:
         import psutil
 
         self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self.child_cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -83,6 +86,9 @@ class PeakRSS:
         for p in [self.proc, *self.proc.children(recursive=True)]:
             with contextlib.suppress(Exception):  # a child that just exited
                 total += p.memory_info().rss
+                if p.pid != self.proc.pid:
+                    t = p.cpu_times()
+                    self.child_cpu[p.pid] = t.user + t.system
         return total
 
     def _run(self) -> None:
@@ -155,12 +161,13 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
         else:
             raise SystemExit(f"unknown phase {phase}")
         seconds = time.perf_counter() - t0
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = own.ru_utime + own.ru_stime + sum(mem.child_cpu.values())
     return {"phase": phase, "seconds": seconds, "peak_rss": mem.peak, "load_before": load,
-            "load_after": os.getloadavg()[0]}
+            "load_after": os.getloadavg()[0], "cpu_s": cpu}
 
 
 def run_in_child(phase: str, args: argparse.Namespace, total: int) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [sys.executable, __file__, "--phase", phase, "--gb", str(args.gb), "--lines",
          str(args.lines), "--chunk-mb", str(args.chunk_mb), "--workdir", str(args.workdir)],
@@ -168,13 +175,11 @@ def run_in_child(phase: str, args: argparse.Namespace, total: int) -> dict:
     )
     if proc.returncode != 0:
         raise SystemExit(f"{phase}: failed\n{proc.stderr[-3000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["mb_per_s"] = total / 1e6 / res["seconds"]
-    # CPU seconds of the phase's whole process tree (workers included; process start-up
-    # and the warm-up of the tiles phase too), a figure that other jobs on the machine
-    # distort much less than the wall clock.
-    res["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # res["cpu_s"]: CPU seconds of the phase's whole process tree (workers included; process
+    # start-up and the warm-up of the tiles phase too), a figure that other jobs on the
+    # machine distort much less than the wall clock.
     res["mb_per_cpu_s"] = total / 1e6 / res["cpu_s"]
     return res
 

@@ -1,7 +1,8 @@
-"""The dask schedulers the heavy dataset stages run on (statistics, tiles).
+"""Where the heavy dataset stages run their tasks (statistics, tiles).
 
 A stage describes its work as pure functions of file paths; this module runs them on
-``synchronous`` (one thread, for debugging), ``threads``, ``processes`` (local pools) or
+``synchronous`` (one thread, for debugging), ``threads``, ``processes`` (local pools, the
+same ``concurrent.futures`` pools dask's local schedulers use, fed with a sliding window) or
 ``tcp://host:port`` (an existing ``dask.distributed`` scheduler: a LocalCluster, a
 ``dask-jobqueue`` cluster on Slurm/PBS, ...; workers must see the same file paths and have
 the project installed). Results never depend on the scheduler: stages fix the task
@@ -15,9 +16,12 @@ reads its input files, the output is the same.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from parsers.errors import ParamsError, UserError
@@ -52,49 +56,64 @@ def connect(address: str) -> Iterator[Any]:
         yield client
 
 
-def local_compute_kwargs(scheduler: str, workers: int) -> dict[str, Any]:
-    """Keyword arguments of ``dask.compute`` for a local scheduler."""
-    kwargs: dict[str, Any] = {"scheduler": scheduler}
-    if workers and scheduler != "synchronous":
-        kwargs["num_workers"] = workers
-    return kwargs
-
-
 def ordered_map(
     fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], scheduler: str = "threads",
-    workers: int = 0, window: int = 0,
+    workers: int = 0, window: int = 0, preload: Sequence[str] = (),
 ) -> Iterator[Any]:
     """Yield ``fn(*call)`` for every call, in the order of ``calls``, computed on ``scheduler``.
 
-    At most ``window`` calls (default: twice the worker count) are computed at a time, so
-    the results held in memory stay bounded whatever the number of calls; each group of
-    ``window`` calls runs in parallel and is yielded in order before the next one starts.
+    At most ``window`` calls (default: twice the worker count) are submitted and not yet
+    yielded at a time, so the results held in memory stay bounded whatever the number of
+    calls; as soon as the oldest result is taken, the next call is submitted (no worker
+    waits for a slow neighbour). ``preload``: modules the worker processes of the
+    ``processes`` scheduler import once, before they start (see :func:`process_pool`).
     """
-    import dask
-
     check_scheduler(scheduler)
     if scheduler.startswith("tcp://"):
         yield from _ordered_map_distributed(fn, calls, scheduler, window)
         return
-    if not window:
-        window = 2 * (workers or os.cpu_count() or 1)
-    kwargs = local_compute_kwargs(scheduler, workers)
-    with contextlib.ExitStack() as stack:
-        if scheduler == "processes":  # one pool for all groups: workers start once
-            kwargs = {"scheduler": scheduler, "pool": stack.enter_context(process_pool(workers))}
-        for a in range(0, len(calls), window):
-            group = [dask.delayed(fn, pure=True)(*c) for c in calls[a:a + window]]
-            yield from dask.compute(*group, **kwargs)
+    if scheduler == "synchronous":
+        for call in calls:
+            yield fn(*call)
+        return
+    n = workers or os.cpu_count() or 1
+    pool = ThreadPoolExecutor(n) if scheduler == "threads" else process_pool(n, preload)
+    try:
+        yield from _sliding(pool.submit, fn, calls, window or 2 * n)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def process_pool(workers: int = 0) -> Any:
-    """A process pool like the one dask's ``processes`` scheduler makes for each compute."""
+def _sliding(submit: Callable[..., Any], fn: Callable[..., Any],
+             calls: Sequence[tuple[Any, ...]], window: int) -> Iterator[Any]:
+    pending: collections.deque[Any] = collections.deque()
+    rest = iter(calls)
+    for call in itertools.islice(rest, window):
+        pending.append(submit(fn, *call))
+    while pending:
+        result = pending.popleft().result()
+        call = next(rest, None)
+        if call is not None:
+            pending.append(submit(fn, *call))
+        yield result
+
+
+def process_pool(workers: int = 0, preload: Sequence[str] = ()) -> Any:
+    """A pool of worker processes; ``forkserver`` where the platform has it, else ``spawn``.
+
+    With ``forkserver`` one server process imports ``preload`` (numpy, numba and the compiled
+    kernels, h5py, ...) once and every worker is forked from it ready to run, instead of
+    each worker importing them again (about a second of CPU each, which is most of a small
+    stage's time). Both methods start clean processes: no thread or lock of the calling
+    process is copied into a worker.
+    """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    import dask
-
-    context = multiprocessing.get_context(dask.config.get("multiprocessing.context", "spawn"))
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["__main__", *preload])
+    else:
+        context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context)
 
 

@@ -1,14 +1,18 @@
 """Per-band statistics over the training products: one pass, exact merge, scheduled by dask.
 
-The statistic is a pure-numpy *partial* (:class:`BandStats`) per block of lines plus an
-exact, associative :meth:`BandStats.merge`. dask only schedules the per-product (or
-per-line-range) partials and a tree of merges, so the same code runs serially in tests,
-threaded or in processes on a laptop, and on a ``dask.distributed`` cluster
-(``--scheduler tcp://host:8786``).
+Each product (or strip, or ``task_lines`` lines of one) is read in blocks of about
+``chunk_mb`` MB. A task (consecutive products, about ``task_mb`` MB, see
+:mod:`pipeline.schedulers` for where it runs: a thread, a worker process or a
+``dask.distributed`` worker with ``--scheduler tcp://host:8786``) adds its blocks into one
+:class:`Partial`: the parts of the statistics that do not depend on the order of the values
+(counts, min, max, histogram) summed in place, and the moments (count, mean, M2) of every
+block. The stage adds the partials as they come back, in task order, and folds the block
+moments in read order, so the result is bit for bit the same whatever the scheduler, the
+worker count and ``task_mb``.
 
 Per band: count of valid values, count of invalid ones (NaN/inf, masked pixels), min, max,
-mean and M2 (Chan et al. 1979 parallel update, accumulated in float64), and a fixed-edge
-histogram for percentiles, all from one fused pass over each block
+mean and M2 (per block in float64, blocks combined with the Chan et al. 1979 parallel update),
+and a fixed-edge histogram for percentiles, all from one fused pass over each block
 (:mod:`pipeline.stats_kernels`):
 
 * integer data (Sentinel-2 uint16): one bin per integer value, so percentiles are exact.
@@ -45,9 +49,13 @@ from parsers.atomic import atomic_open
 from parsers.errors import UserError, cli_entry
 from parsers.locks import lock_output
 from pipeline.params import stage_parser, stage_settings, to_dict
-from pipeline.schedulers import check_scheduler, connect, local_compute_kwargs
+from pipeline.schedulers import check_scheduler, ordered_map
 
 UINT16_BINS = 1 << 16
+# Imported by worker processes before they start (the kernels load once, see schedulers).
+WORKER_MODULES = ("pipeline.stats_kernels",)
+# Settings that choose how the work runs, not what is computed: left out of stats.json.
+RUN_KEYS = ("scheduler", "workers", "task_mb")
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,9 @@ class StatsParams:
         ``dask.distributed`` scheduler; workers need the same file paths).
     workers: local worker threads/processes (0 = dask's default, the CPU count).
     chunk_mb: size of one block of lines read at a time (bounds memory per task).
-    task_lines: lines per dask task (0 = one task per product); split big products.
+    task_lines: split products into pieces of this many lines (0 = whole products).
+    task_mb: about how many MB of products one task reads (small products are grouped;
+        scheduling only: the statistics are the same whatever its value).
     percentiles: percentiles (in %) written to stats.json; 0.1 and 99.9 are always added.
     hist_mantissa_bits, hist_min_exponent, hist_max_exponent: float histogram resolution
         and window (see the module docstring for the tolerance they give).
@@ -68,6 +78,7 @@ class StatsParams:
     workers: int = 0
     chunk_mb: float = 32.0
     task_lines: int = 0
+    task_mb: float = 256.0
     percentiles: list[float] = field(default_factory=lambda: [0.1, 1.0, 50.0, 99.0, 99.9])
     hist_mantissa_bits: int = 7
     hist_min_exponent: int = -16
@@ -78,8 +89,8 @@ class StatsParams:
             raise ValueError("hist_mantissa_bits must be in 1..12")
         if not -126 <= self.hist_min_exponent < self.hist_max_exponent <= 127:
             raise ValueError("need -126 <= hist_min_exponent < hist_max_exponent <= 127")
-        if self.chunk_mb <= 0 or self.workers < 0 or self.task_lines < 0:
-            raise ValueError("chunk_mb must be > 0, workers and task_lines >= 0")
+        if self.chunk_mb <= 0 or self.task_mb <= 0 or self.workers < 0 or self.task_lines < 0:
+            raise ValueError("chunk_mb and task_mb must be > 0, workers and task_lines >= 0")
         if any(not 0.0 <= q <= 100.0 for q in self.percentiles):
             raise ValueError("percentiles must lie in [0, 100]")
         check_scheduler(self.scheduler)
@@ -231,11 +242,9 @@ class BandStats:
         return int(self.count.size)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickled between dask workers: most bins are empty, so send the histogram sparse.
+        # Pickled between processes: most bins are empty, so send the histogram sparse.
         state = dict(self.__dict__)
-        flat = self.hist.ravel()
-        nz = np.flatnonzero(flat)
-        state["hist"] = (self.hist.shape, nz.astype(np.int32), flat[nz])
+        state["hist"] = (self.hist.shape, *_sparse(self.hist))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -255,48 +264,27 @@ class BandStats:
         return cls.empty(block.shape[0], spec).update(block, valid)
 
     def update(self, block: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
-        """Add the values of ``block`` (B, ...) in place (same rules as :meth:`from_block`).
+        """Add the values of ``block`` (B, ...) in place, as one block (see :meth:`add`)."""
+        acc = StatsAccumulator(self.bands, self.spec)
+        acc.add(block, valid)
+        return self.add(acc.partial())
 
-        One fused pass over the values (:mod:`pipeline.stats_kernels`), in the block's own
-        memory order: no copy when the block is a view of the reader's buffer.
-        """
-        from pipeline import stats_kernels as k
-
-        bands = block.shape[0]
-        if bands != self.bands:
-            raise ValueError(f"block of {bands} bands, statistics of {self.bands}")
-        x = np.moveaxis(block, 0, -1).reshape(-1, bands)  # (pixels, bands), a view if it can
-        if x.shape[0] == 0:
-            return self
-        mask = np.empty(0, bool) if valid is None else np.ascontiguousarray(
-            np.broadcast_to(valid, block.shape[1:]), dtype=bool).reshape(-1)
-        ref = self.mean.copy()  # NaN where no value yet: the kernel takes the first one
-        invalid = np.zeros(bands, np.int64)
-        s1, s2 = np.zeros(bands), np.zeros(bands)
-        lo, hi = np.full(bands, np.inf, np.float32), np.full(bands, -np.inf, np.float32)
-        spec = self.spec
-        if spec.kind == "uint16":
-            x = x.astype(np.uint16, copy=False)
-            k.accumulate_uint16(x, mask, ref, invalid, s1, s2, lo, hi, self.hist)
-        else:
-            x = x.astype(np.float32, copy=False)
-            first = ((127 + spec.min_exponent) << spec.mantissa_bits) - 1
-            k.accumulate_float(x, x.view(np.int32), mask, 23 - spec.mantissa_bits, first,
-                               spec.n_magnitude + 1, spec.center, ref, invalid, s1, s2, lo,
-                               hi, self.hist)
-        count = x.shape[0] - invalid
-        has = count > 0
-        n = np.maximum(count, 1)
-        mean = np.where(has, ref + s1 / n, np.nan)
-        m2 = np.where(has, np.maximum(s2 - s1 * s1 / n, 0.0), 0.0)
-        lo = np.where(has, lo.astype(np.float64), np.nan)
-        hi = np.where(has, hi.astype(np.float64), np.nan)
-        self.invalid = self.invalid + invalid
-        self._merge_moments(count, mean, m2, lo, hi)
+    def add(self, part: Partial) -> BandStats:
+        """Add a task's partial in place: exact sums, then its block moments in read order."""
+        if self.spec != part.spec or self.bands != part.bands:
+            raise ValueError(
+                f"cannot merge statistics of {self.bands} bands/{self.spec} with "
+                f"{part.bands} bands/{part.spec}"
+            )
+        self.hist.ravel()[part.hist_index] += part.hist_count
+        self.invalid = self.invalid + part.invalid
+        self.minimum = np.fmin(self.minimum, part.minimum)
+        self.maximum = np.fmax(self.maximum, part.maximum)
+        for count, mean, m2 in zip(part.counts, part.means, part.m2s, strict=True):
+            self._merge_moments(count, mean, m2)
         return self
 
-    def _merge_moments(self, nb_int: np.ndarray, mb: np.ndarray, m2b: np.ndarray,
-                       lo: np.ndarray, hi: np.ndarray) -> None:
+    def _merge_moments(self, nb_int: np.ndarray, mb: np.ndarray, m2b: np.ndarray) -> None:
         na, nb = self.count.astype(np.float64), nb_int.astype(np.float64)
         n = na + nb
         safe = np.where(n > 0, n, 1.0)
@@ -305,8 +293,6 @@ class BandStats:
         self.mean = np.where(n > 0, ma + delta * nb / safe, np.nan)
         self.m2 = self.m2 + m2b + delta * delta * na * nb / safe
         self.count = self.count + nb_int
-        self.minimum = np.fmin(self.minimum, lo)
-        self.maximum = np.fmax(self.maximum, hi)
 
     def merge(self, other: BandStats) -> BandStats:
         """Exact combination of two partials (associative and commutative up to rounding)."""
@@ -315,10 +301,10 @@ class BandStats:
                 f"cannot merge statistics of {self.bands} bands/{self.spec} with "
                 f"{other.bands} bands/{other.spec}"
             )
-        out = BandStats(self.spec, self.count.copy(), self.minimum.copy(), self.maximum.copy(),
-                        self.mean.copy(), self.m2.copy(), self.hist + other.hist,
-                        self.invalid + other.invalid)
-        out._merge_moments(other.count, other.mean, other.m2, other.minimum, other.maximum)
+        out = BandStats(self.spec, self.count.copy(), np.fmin(self.minimum, other.minimum),
+                        np.fmax(self.maximum, other.maximum), self.mean.copy(), self.m2.copy(),
+                        self.hist + other.hist, self.invalid + other.invalid)
+        out._merge_moments(other.count, other.mean, other.m2)
         return out
 
     @property
@@ -354,6 +340,122 @@ class BandStats:
         return est, flag
 
 
+def _sparse(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, int64 counts) of the non-zero bins of a C-contiguous histogram."""
+    nz = np.flatnonzero(hist)
+    return nz, hist.ravel()[nz].astype(np.int64)
+
+
+@dataclass
+class Partial:
+    """What one statistics task returns (picklable, small: the histogram is sparse).
+
+    invalid (B,) int64, minimum/maximum (B,) float64 (NaN: no value): over all its blocks.
+    hist_index, hist_count: the non-zero bins of the (B, nbins) histogram, flat.
+    counts (k, B) int64, means (k, B), m2s (k, B) float64: each block's moments, in read order.
+    """
+
+    spec: HistogramSpec
+    bands: int
+    invalid: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    hist_index: np.ndarray
+    hist_count: np.ndarray
+    counts: np.ndarray
+    means: np.ndarray
+    m2s: np.ndarray
+
+
+_INT32_MAX = (1 << 31) - 1
+
+
+class StatsAccumulator:
+    """Adds blocks of one data set, in read order, into what becomes one :class:`Partial`.
+
+    The histogram is counted in int32 with one spare column per band for the skipped values
+    (:mod:`pipeline.stats_kernels`), and moved into an int64 sum before any bin could
+    overflow; min, max and invalid counts are updated in place; each block's moments are
+    kept (they are combined later, in the order of all blocks of the stage).
+    """
+
+    def __init__(self, bands: int, spec: HistogramSpec) -> None:
+        self.bands, self.spec = bands, spec
+        self._hist = np.zeros((bands, spec.nbins + 1), np.int32)
+        self._pixels = 0  # pixels counted in _hist since it was last emptied
+        self._hist64: np.ndarray | None = None
+        self.invalid = np.zeros(bands, np.int64)
+        self._lo = np.full(bands, np.inf, np.float32)
+        self._hi = np.full(bands, -np.inf, np.float32)
+        self._moments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add ``block`` (B, ...) ignoring NaN/inf and pixels where ``valid`` (block.shape[1:])
+        is False. One fused pass in the block's own memory order (no copy of a view)."""
+        from pipeline import stats_kernels as k
+
+        bands = block.shape[0]
+        if bands != self.bands:
+            raise ValueError(f"block of {bands} bands, statistics of {self.bands}")
+        x = np.moveaxis(block, 0, -1).reshape(-1, bands)  # (pixels, bands), a view if it can
+        if x.shape[0] == 0:
+            return
+        if self._pixels + x.shape[0] > _INT32_MAX:
+            self._spill()
+        self._pixels += x.shape[0]
+        mask = np.empty(0, bool) if valid is None else np.ascontiguousarray(
+            np.broadcast_to(valid, block.shape[1:]), dtype=bool).reshape(-1)
+        ref, invalid = np.empty(bands), np.zeros(bands, np.int64)
+        s1, s2 = np.zeros(bands), np.zeros(bands)
+        spec = self.spec
+        if spec.kind == "uint16":
+            x = x.astype(np.uint16, copy=False)
+            k.accumulate_uint16(x, mask, ref, invalid, s1, s2, self._lo, self._hi, self._hist)
+        else:
+            x = x.astype(np.float32, copy=False)
+            first = ((127 + spec.min_exponent) << spec.mantissa_bits) - 1
+            k.accumulate_float(x, x.view(np.int32), mask, 23 - spec.mantissa_bits, first,
+                               spec.n_magnitude + 1, spec.center, ref, invalid, s1, s2,
+                               self._lo, self._hi, self._hist)
+        count = x.shape[0] - invalid
+        has = count > 0
+        n = np.maximum(count, 1)
+        self.invalid += invalid
+        self._moments.append((count, np.where(has, ref + s1 / n, np.nan),
+                              np.where(has, np.maximum(s2 - s1 * s1 / n, 0.0), 0.0)))
+
+    def _spill(self) -> None:
+        """Move the int32 counts into the int64 sum (before 2**31 values of one band)."""
+        if self._hist64 is None:
+            self._hist64 = np.zeros((self.bands, self.spec.nbins), np.int64)
+        self._hist64 += self._hist[:, :-1]
+        self._hist[:] = 0
+        self._pixels = 0
+
+    def partial(self) -> Partial:
+        """The partial of every block added so far."""
+        if self._hist64 is not None:
+            self._spill()
+            index, counts = _sparse(self._hist64)
+        else:
+            nz = np.flatnonzero(self._hist)
+            band, column = np.divmod(nz, self.spec.nbins + 1)
+            keep = column < self.spec.nbins
+            index = band[keep] * self.spec.nbins + column[keep]
+            counts = self._hist.ravel()[nz[keep]].astype(np.int64)
+        bands = self.bands
+        m = self._moments
+        seen = self._lo <= self._hi
+        return Partial(
+            self.spec, bands, self.invalid.copy(),
+            np.where(seen, self._lo.astype(np.float64), np.nan),
+            np.where(seen, self._hi.astype(np.float64), np.nan), index, counts,
+            np.array([c for c, _, _ in m], np.int64).reshape(-1, bands),
+            np.array([a for _, a, _ in m], np.float64).reshape(-1, bands),
+            np.array([b for _, _, b in m], np.float64).reshape(-1, bands),
+        )
+
+
 def tree_merge(parts: Sequence[BandStats]) -> BandStats:
     """Merge a list of partials pairwise (the same tree shape dask uses below)."""
     items = list(parts)
@@ -379,6 +481,25 @@ def _clean(values: np.ndarray) -> list[float | None]:
 # --------------------------------------------------------------------------------------
 
 
+def _add_product(acc: StatsAccumulator | None, source: str, path: str | Path,
+                 float_spec: HistogramSpec, chunk_mb: float, start: int, stop: int | None,
+                 options: dict[str, Any] | None) -> StatsAccumulator:
+    """Add lines [start, stop) of one product, block by block, to ``acc`` (made if None)."""
+    from pipeline.products import open_product
+
+    product = open_product(source, path, options)
+    spec = histogram_spec_for(product.dtype, float_spec)
+    if acc is None:
+        acc = StatsAccumulator(product.bands, spec)
+    elif (acc.bands, acc.spec) != (product.bands, spec):
+        raise UserError(f"{path}: {product.bands} bands of {np.dtype(product.dtype)}, the "
+                        f"products before it have {acc.bands} (products do not agree)")
+    per_block = product.lines_for_bytes(chunk_mb * 1e6)
+    for _, data, valid in product.iter_blocks(per_block, start, stop, reuse=True):
+        acc.add(data, valid)
+    return acc
+
+
 def product_partial(
     source: str,
     path: str | Path,
@@ -389,77 +510,81 @@ def product_partial(
     options: dict[str, Any] | None = None,
 ) -> BandStats:
     """Statistics of lines [start, stop) of one product, read block by block."""
-    from pipeline.products import open_product
-
-    product = open_product(source, path, options)
-    spec = histogram_spec_for(product.dtype, float_spec)
-    total = BandStats.empty(product.bands, spec)
-    per_block = product.lines_for_bytes(chunk_mb * 1e6)
-    for _, data, valid in product.iter_blocks(per_block, start, stop, reuse=True):
-        total.update(data, valid)
-    return total
-
-
-def _merge(a: BandStats, b: BandStats) -> BandStats:
-    try:
-        return a.merge(b)
-    except ValueError as exc:
-        raise UserError(f"products do not agree: {exc}") from None
+    acc = _add_product(None, source, path, float_spec, chunk_mb, start, stop, options)
+    return BandStats.empty(acc.bands, acc.spec).add(acc.partial())
 
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: lines [start, stop) of a product (stop None = to the end)."""
+    """Lines [start, stop) of a product (stop None = to the end); nbytes: its size, about."""
 
     product_id: str
     path: str
     start: int = 0
     stop: int | None = None
+    nbytes: float = 0.0
 
 
 def make_tasks(
     source: str, refs: Sequence[Any], task_lines: int = 0, options: dict[str, Any] | None = None
 ) -> list[Task]:
     """One task per product (or strip of one: ``ref.meta["strip"]``), or per ``task_lines``
-    lines of it when task_lines > 0."""
+    lines of it when task_lines > 0. Block boundaries start at each task's first line."""
     from pipeline.products import open_product
 
     tasks = []
     for ref in refs:
         first, stop = (ref.meta.get("strip") if hasattr(ref, "meta") else None) or (0, None)
+        size = _disk_bytes(Path(ref.path))  # a strip counts as its whole product
         if task_lines <= 0:
-            tasks.append(Task(ref.product_id, str(ref.path), first, stop))
+            tasks.append(Task(ref.product_id, str(ref.path), first, stop, size))
             continue
-        if stop is None:
-            stop = open_product(source, ref.path, options).lines
+        lines = open_product(source, ref.path, options).lines
+        stop = lines if stop is None else stop
         for a in range(first, stop, task_lines):
-            tasks.append(Task(ref.product_id, str(ref.path), a, min(stop, a + task_lines)))
+            b = min(stop, a + task_lines)
+            tasks.append(Task(ref.product_id, str(ref.path), a, b,
+                              size * (b - a) / max(lines, 1)))
     return tasks
 
 
-def _delayed_tree(
-    source: str, tasks: Sequence[Task], spec: HistogramSpec, chunk_mb: float,
-    options: dict[str, Any] | None,
-) -> tuple[list[Any], Any]:
-    import dask
+def _disk_bytes(path: Path) -> float:
+    """Size of a product on disk (a file, or every file of a folder product)."""
+    try:
+        if path.is_dir():
+            return float(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
+        return float(path.stat().st_size)
+    except OSError:
+        return 0.0
 
-    parts = [
-        dask.delayed(product_partial, pure=True)(
-            source, t.path, spec, chunk_mb, t.start, t.stop, options,
-            dask_key_name=f"stats-partial-{i}",
-        )
-        for i, t in enumerate(tasks)
-    ]
-    level, items = 0, list(parts)
-    while len(items) > 1:
-        items = [
-            dask.delayed(_merge, pure=True)(items[i], items[i + 1],
-                                            dask_key_name=f"stats-merge-{level}-{i}")
-            if i + 1 < len(items) else items[i]
-            for i in range(0, len(items), 2)
-        ]
-        level += 1
-    return parts, items[0]
+
+def group_tasks(tasks: Sequence[Task], task_mb: float) -> list[tuple[Task, ...]]:
+    """Consecutive tasks in groups of about ``task_mb`` MB (a bigger task stays alone)."""
+    groups: list[tuple[Task, ...]] = []
+    group: list[Task] = []
+    size = 0.0
+    for t in tasks:
+        if group and size + t.nbytes > task_mb * 1e6:
+            groups.append(tuple(group))
+            group, size = [], 0.0
+        group.append(t)
+        size += t.nbytes
+    if group:
+        groups.append(tuple(group))
+    return groups
+
+
+def tasks_partial(
+    source: str, tasks: Sequence[Task], float_spec: HistogramSpec, chunk_mb: float = 32.0,
+    options: dict[str, Any] | None = None,
+) -> Partial:
+    """The partial of a group of tasks, read one after the other (runs on a worker)."""
+    acc = None
+    for t in tasks:
+        acc = _add_product(acc, source, t.path, float_spec, chunk_mb, t.start, t.stop, options)
+    if acc is None:
+        raise ValueError("no tasks")
+    return acc.partial()
 
 
 def compute_stats(
@@ -471,51 +596,31 @@ def compute_stats(
     chunk_mb: float = 32.0,
     options: dict[str, Any] | None = None,
     progress: bool = True,
+    task_mb: float = 256.0,
 ) -> BandStats:
-    """Run the partials of ``tasks`` on ``scheduler`` and merge them (fixed tree order)."""
+    """Statistics of ``tasks`` (grouped into units of work of about ``task_mb`` MB) computed
+    on ``scheduler``; partials are added in task order (the same bits on every scheduler)."""
     from tqdm import tqdm
 
     if not tasks:
         raise UserError("no products to compute statistics over (empty training split)")
     check_scheduler(scheduler)
-    parts, total = _delayed_tree(source, tasks, spec, chunk_mb, options)
-    bar = tqdm(total=len(parts), desc=f"stats {source}", unit="task", disable=not progress)
-    try:
-        if scheduler.startswith("tcp://"):
-            return _compute_distributed(scheduler, parts, total, bar)
-        from dask.callbacks import Callback
-
-        class _Progress(Callback):
-            def _posttask(self, key, result, dsk, state, worker_id):
-                if isinstance(key, str) and key.startswith("stats-partial-"):
-                    bar.update(1)
-
-        kwargs = local_compute_kwargs(scheduler, workers)
-        with _Progress():
-            (result,) = _dask_compute(total, **kwargs)
-        return result
-    finally:
-        bar.close()
-
-
-def _dask_compute(total: Any, **kwargs: Any) -> tuple[Any, ...]:
-    import dask
-
-    return dask.compute(total, **kwargs)
-
-
-def _compute_distributed(address: str, parts: list[Any], total: Any, bar: Any) -> BandStats:
-    from distributed import as_completed
-
-    with connect(address) as client:
-        # Partials and the merge tree are one graph: the merge order (and so the result,
-        # bit for bit) is the same as with the local schedulers.
-        futures = client.compute([total, *parts])
-        result_future, part_futures = futures[0], futures[1:]
-        for _ in as_completed(part_futures):
-            bar.update(1)
-        del part_futures
-        return result_future.result()
+    groups = group_tasks(tasks, task_mb)
+    calls = [(source, group, spec, chunk_mb, options) for group in groups]
+    total: BandStats | None = None
+    with tqdm(total=len(tasks), desc=f"stats {source}", unit="product",
+              disable=not progress) as bar:
+        for group, part in zip(groups, ordered_map(
+                tasks_partial, calls, scheduler, workers, preload=WORKER_MODULES), strict=True):
+            if total is None:
+                total = BandStats.empty(part.bands, part.spec)
+            try:
+                total.add(part)
+            except ValueError as exc:
+                raise UserError(f"{group[0].path}: products do not agree: {exc}") from None
+            bar.update(len(group))
+    assert total is not None
+    return total
 
 
 def stats_document(
@@ -604,10 +709,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = make_tasks(kind, refs, params.task_lines, options)
     stats = compute_stats(
         kind, tasks, params.histogram, params.scheduler, params.workers,
-        params.chunk_mb, options, progress=not args.no_progress,
+        params.chunk_mb, options, progress=not args.no_progress, task_mb=params.task_mb,
     )
     meta = product_metadata(kind, refs[0], options)
-    recorded = {k: v for k, v in to_dict(params).items() if k not in ("scheduler", "workers")}
+    recorded = {k: v for k, v in to_dict(params).items() if k not in RUN_KEYS}
     meta["params"] = recorded
     meta["kind"] = kind
     doc = stats_document(name, stats, sorted({r.product_id for r in refs}), params, meta)

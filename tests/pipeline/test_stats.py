@@ -307,3 +307,40 @@ def test_real_sentinel2_samples(realdata, relative):
     stats = product_partial("sentinel2", path, SPEC, chunk_mb=0.05)
     assert stats.bands == cube.shape[0] == 9
     check_against_numpy(stats, cube, valid)
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_task_size_does_not_change_a_bit(virtis_refs, scheduler):
+    """Tasks of one product each or all products in one task: the same statistics, bit for
+    bit (block moments are folded in read order, whatever the grouping)."""
+    from pipeline.stats import compute_stats, make_tasks
+
+    tasks = make_tasks("virtis", virtis_refs, 11)
+    runs = [compute_stats("virtis", tasks, SPEC, scheduler, workers=2, chunk_mb=0.01,
+                          progress=False, task_mb=mb) for mb in (1e-6, 0.05, 1e6)]
+    for other in runs[1:]:
+        for name in ("count", "invalid", "minimum", "maximum", "mean", "m2", "hist"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(runs[0], name))
+
+
+def test_int32_histogram_spills_into_int64(monkeypatch):
+    """Before a bin of the int32 histogram could overflow it is moved into an int64 sum."""
+    import pipeline.stats as stats_module
+    from pipeline.stats import StatsAccumulator
+
+    rng = np.random.default_rng(1)
+    blocks = [rng.normal(5, 2, size=(3, 4, 5)).astype(np.float32) for _ in range(4)]
+    blocks[1][0, 0, :] = np.nan
+    plain = StatsAccumulator(3, SPEC)
+    for b in blocks:
+        plain.add(b)
+    monkeypatch.setattr(stats_module, "_INT32_MAX", 25)  # spill every block or so
+    spilled = StatsAccumulator(3, SPEC)
+    for b in blocks:
+        spilled.add(b)
+    assert spilled._hist64 is not None
+    a = BandStats.empty(3, SPEC).add(plain.partial())
+    b = BandStats.empty(3, SPEC).add(spilled.partial())
+    for name in ("count", "invalid", "minimum", "maximum", "mean", "m2", "hist"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    check_against_numpy(a, np.concatenate(blocks, axis=1))
