@@ -42,6 +42,7 @@ settings (``datasets.<name>.bands`` / ``.reader``) decide what each product give
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -65,6 +66,8 @@ Compression = Literal["blosc2-zstd", "blosc2-lz4", "gzip", "lzf", "none"]
 Shuffle = Literal["bit", "byte", "none"]
 # Settings that choose how the work runs, not what is written: left out of the file's attrs.
 RUN_KEYS = ("scheduler", "workers", "task_mb")
+# Imported by worker processes before they start (see pipeline.schedulers.process_pool).
+WORKER_MODULES = ("pipeline.tiles", "pipeline.tile_chunks", "hdf5plugin")
 
 
 @dataclass(frozen=True)
@@ -151,42 +154,59 @@ class TileLayout:
 
 
 class ChunkEncoder:
-    """Compress tiles through a layout's HDF5 filter pipeline, as the final file would.
+    """Stored (compressed, checksummed) chunk bytes of tiles, as the final file would hold them.
 
-    Tiles go into an in-memory HDF5 file with the final file's dataset settings as they
-    come (:meth:`add`); :meth:`chunks` reads every chunk back as stored (compressed, with
-    its checksum), ready for a direct chunk write.
+    Tiles of the default pipeline (Blosc2 then Fletcher-32) are encoded right away by
+    :mod:`pipeline.tile_chunks` (in parallel on threads: no HDF5 call); other pipelines and
+    the ``valid`` masks go into an in-memory HDF5 file with the final file's dataset
+    settings (:meth:`add`), from which :meth:`chunks` reads every chunk back as stored.
     """
 
     def __init__(self, layout: TileLayout) -> None:
-        import h5py
-
-        name = f"tiles-{os.getpid()}-{threading.get_ident()}-{next(_MEMFILES)}.h5"
-        self.file = h5py.File(name, "w", driver="core", backing_store=False,
-                              block_size=_MEMFILE_BLOCK)
-        self.sets = {key: self.file.create_dataset(key, **kwargs)
-                     for key, kwargs in layout.datasets().items()}
+        self.sets: dict[str, Any] = {}
+        self.file = None
         self.n = 0
+        self._fast = _fast_tiles(layout)
+        self._stored: dict[str, list[Any]] = {}
+        specs = layout.datasets()
+        if self._fast is not None:
+            specs.pop("tiles")
+            self._stored["tiles"] = []
+        if specs:
+            import h5py
+
+            name = f"tiles-{os.getpid()}-{threading.get_ident()}-{next(_MEMFILES)}.h5"
+            self.file = h5py.File(name, "w", driver="core", backing_store=False,
+                                  block_size=_MEMFILE_BLOCK)
+            self.sets = {key: self.file.create_dataset(key, **kwargs)
+                         for key, kwargs in specs.items()}
 
     def __enter__(self) -> ChunkEncoder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
-    def add(self, tiles: np.ndarray, masks: np.ndarray | None) -> None:
-        """Append tiles (k, B, H, W) and, when the layout has a ``valid`` set, masks."""
+    def add(self, tiles: np.ndarray | Sequence[np.ndarray], masks: np.ndarray | None) -> None:
+        """Append k tiles ((k, B, H, W), or k (B, H, W) arrays in any memory order, e.g.
+        views of the reader's block) and, when the layout has a ``valid`` set, masks."""
         k = len(tiles)
         if k == 0:
             return
+        if self._fast is not None:
+            self._stored["tiles"] += [self._fast.encode(t) for t in tiles]
+        elif not isinstance(tiles, np.ndarray):
+            tiles = np.stack(tiles)
         arrays = {"tiles": tiles, "valid": masks if masks is not None else True}
         for key, ds in self.sets.items():
             ds.resize(self.n + k, axis=0)
             ds[self.n:] = arrays[key]
         self.n += k
 
-    def chunks(self) -> dict[str, list[bytes]]:
-        out: dict[str, list[bytes]] = {}
+    def chunks(self) -> dict[str, list[Any]]:
+        """Stored bytes of every chunk added, per dataset (bytes-like objects)."""
+        out = dict(self._stored)
         for key, ds in self.sets.items():
             zeros = (0,) * (ds.ndim - 1)
             stored = []
@@ -197,6 +217,18 @@ class ChunkEncoder:
                 stored.append(bytes(raw))
             out[key] = stored
         return out
+
+
+@functools.lru_cache(maxsize=8)
+def _fast_tiles(layout: TileLayout) -> Any:
+    """The out-of-HDF5 encoder of the layout's ``tiles`` chunks, or None (other pipelines)."""
+    if not layout.compression.startswith("blosc2"):
+        return None
+    from pipeline.tile_chunks import blosc2_chunks
+
+    itemsize = np.dtype(layout.dtype).itemsize
+    return blosc2_chunks(layout.datasets()["tiles"],
+                         layout.bands * layout.size * layout.size * itemsize)
 
 
 _MEMFILES = itertools.count()
@@ -228,7 +260,7 @@ class TileBlock:
     product_id: str
     where: np.ndarray  # (k, 2) int32: line0 (file line number), sample0
     invalid: np.ndarray  # (k,) float32
-    chunks: dict[str, list[bytes]]
+    chunks: dict[str, list[Any]]  # stored bytes per dataset: bytes or uint8 arrays
     dropped: int
 
     @property
@@ -265,16 +297,18 @@ def row_invalid_fraction(
     """Sample offsets of the tiles of one tile row (B, size, S) and their invalid fractions.
 
     Same rule as :func:`invalid_fraction`, counted per sample column first (one pass over
-    the row in its memory order), then summed per tile.
+    the row in its memory order, :func:`pipeline.tile_chunks.column_invalid`), then summed
+    per tile.
     """
     bands, _, samples = data.shape
     offsets = list(range(0, samples - size + 1, step))
-    bad = ~np.isfinite(data) if data.dtype.kind == "f" else None
-    if valid is not None:
-        bad = ~valid[None] if bad is None else (bad | ~valid[None])
-    if bad is None:
+    if data.dtype.kind != "f" and valid is None:
         return offsets, np.zeros(len(offsets))
-    column = bad.sum(axis=(0, 1), dtype=np.int64) * (bands // bad.shape[0])  # pixel mask only
+    from pipeline.tile_chunks import column_invalid
+
+    column = np.empty(samples, np.int64)
+    mask = np.empty((0, 0), bool) if valid is None else np.asarray(valid, bool)
+    column_invalid(data, mask, column)
     per_column = np.concatenate([[0], np.cumsum(column)])
     counts = np.array([per_column[s + size] - per_column[s] for s in offsets], np.int64)
     return offsets, counts / (bands * size * size)
@@ -323,7 +357,9 @@ def make_tile_block(
                 keep = frac <= params.max_invalid_fraction
                 dropped += int((~keep).sum())
                 kept = [s for s, k in zip(offsets, keep, strict=True) if k]
-                encoder.add(*cut_tiles(data[:, a:a + size], rv, size, kept))
+                strip = data[:, a:a + size]
+                masks = None if rv is None else cut_tiles(strip[:1], rv, size, kept)[1]
+                encoder.add([strip[:, :, s:s + size] for s in kept], masks)
                 line_no = int(product.line_numbers[row * step])
                 where += [(line_no, s) for s in kept]
                 invalid.append(frac[keep])
@@ -564,7 +600,8 @@ def write_split_tiles(
         level=params.compression_level, shuffle=params.shuffle, products=len(refs),
     ) as writer:
         calls = [(t, kind, params, writer.layout, options, opener) for t in tasks]
-        for block in ordered_map(make_tile_block, calls, params.scheduler, params.workers):
+        for block in ordered_map(make_tile_block, calls, params.scheduler, params.workers,
+                                 preload=WORKER_MODULES):
             writer.append_block(block)
             per_product[block.product_id][0] += block.kept
             per_product[block.product_id][1] += block.dropped

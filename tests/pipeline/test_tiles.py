@@ -184,12 +184,14 @@ def test_row_invalid_fraction_equals_the_per_tile_rule(dtype, with_mask):
     if dtype == np.float32:
         row[:, 2, 3] = np.nan
         row[1, 5:, 20:] = np.nan
+        row[3, 0, 9] = -np.inf
     valid = rng.random((8, 30)) > 0.3 if with_mask else None
     view = np.ascontiguousarray(row.transpose(1, 2, 0)).transpose(2, 0, 1)  # file order
-    offsets, frac = row_invalid_fraction(view, valid, 8, 7)
     tiles, masks, want_offsets = cut_rows(row, valid, 8, 7)
-    assert offsets == want_offsets
-    np.testing.assert_allclose(frac, invalid_fraction(tiles, masks), rtol=0, atol=1e-12)
+    for layout in (view, row):  # pixel-major (BIP) and band-major blocks
+        offsets, frac = row_invalid_fraction(layout, valid, 8, 7)
+        assert offsets == want_offsets
+        np.testing.assert_allclose(frac, invalid_fraction(tiles, masks), rtol=0, atol=1e-12)
     got, got_masks = cut_tiles(view, valid, 8, offsets[1:])
     np.testing.assert_array_equal(got, tiles[1:])
     if with_mask:
