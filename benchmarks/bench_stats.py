@@ -9,7 +9,7 @@ big-endian float32 with special values, as the reader sees real .CAL products) a
 once to ``--workdir`` (4 distinct cubes, copied under new names up to ``--gb``). Each phase
 runs in its own process after one warm-up read of every file (so all phases read from the
 page cache, and the numbers compare computation, not the disk). Peak memory is the highest
-summed RSS of the phase's process tree (workers included), sampled every 20 ms. CPU
+summed RSS of the phase's process tree (workers included), sampled every 50 ms. CPU
 seconds are those of the phase's whole process tree less the start-up of an empty phase
 process; MB per CPU second is what a machine shared with other jobs distorts least. The
 ``numpy-read`` reference runs again between the other phases (``--rounds`` times in all)
@@ -73,7 +73,7 @@ class PeakRSS:
     CPU seconds of every descendant seen (its last sample: worker processes forked by a
     forkserver are not this process's children, so RUSAGE_CHILDREN misses them)."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         import psutil
 
         self.proc, self.interval, self.peak = psutil.Process(), interval, 0

@@ -341,7 +341,7 @@ class Cube:
             dst *= np.float32(self.multiplier)
         if self.base != 0.0:
             dst += np.float32(self.base)
-        if mask is not None:
+        if mask is not None and mask.any():  # most chunks of a product have none
             np.copyto(dst, np.float32(np.nan), where=mask)
 
     def _materialise(self, view: np.ndarray, out: np.ndarray) -> np.ndarray:
