@@ -10,14 +10,14 @@ are printed and stored in the attributes.
 Parallel and byte-identical: the work is split into tasks of whole tile rows of one product
 (about ``task_mb`` MB of tiles each). A task, run by a dask worker (``scheduler``: threads,
 processes, or ``tcp://host:port``, see :mod:`pipeline.schedulers`), reads its tile rows a
-row at a time, cuts and filters the tiles and compresses them through the HDF5 filter
-pipeline of the final file (an in-memory HDF5 file with the same dataset settings). The
-writer appends the stored chunk bytes of the tasks in task order with direct chunk writes.
-Which worker compressed a chunk never shows in the file, so the file is byte-identical
-whatever the scheduler and the worker count. At most twice the worker count tasks are in
-flight, so memory stays bounded whatever the dataset size. (h5py holds one lock for all
-HDF5 calls, so the ``threads`` scheduler compresses one chunk at a time; ``processes`` and
-cluster workers compress in parallel.)
+row at a time, filters the tiles and makes the stored chunk bytes of the final file: for
+Blosc2 (the default) outside HDF5 with the very filter function HDF5 would call
+(:mod:`pipeline.tile_chunks`, so threads compress in parallel), for other codecs through an
+in-memory HDF5 file with the same dataset settings. The writer appends the stored chunk
+bytes of the tasks in task order with direct chunk writes. Which worker compressed a chunk
+never shows in the file, so the file is byte-identical whatever the scheduler and the worker
+count. At most twice the worker count tasks are in flight, so memory stays bounded whatever
+the dataset size.
 
 HDF5 layout (``OUT/train.h5``, ``OUT/test.h5``; written to a temporary name, renamed at the end):
 
