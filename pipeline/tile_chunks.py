@@ -163,7 +163,7 @@ class Blosc2Chunks:
             size = ctypes.c_size_t(n)
             stored = self._fn(0, len(self._values), self._values, n, ctypes.byref(size),
                               ctypes.byref(buf))  # compresses into a new buffer, frees ours
-            if stored == 0:
+            if stored == 0:  # (the filter also tears down Blosc2's globals then)
                 raise RuntimeError("the Blosc2 filter could not compress a tile")
             packed = np.ctypeslib.as_array((ctypes.c_uint8 * stored).from_address(buf.value))
             out = np.empty(stored + 4, np.uint8)
