@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from parsers.cube_access import CubeAccess
 from parsers.errors import ProductError
 from parsers.pds3_label import Block, Quantity, read_label
 
@@ -191,7 +192,7 @@ class Pointer:
 
 # --------------------------------------------------------------------------- the cube
 @dataclass
-class Cube:
+class Cube(CubeAccess):
     """A PDS3 QUBE opened lazily; see the module docstring for conventions."""
 
     path: Path
@@ -448,25 +449,6 @@ class Cube:
         except OSError as exc:
             raise ProductError(self.data_path, f"cannot read lines {start}:{stop}: "
                                                f"{exc.strerror or exc}") from None
-
-    def band(self, i: int) -> np.ndarray:
-        """float32 ``(L, S)`` image of band ``i``."""
-        if not -self.bands <= i < self.bands:
-            raise IndexError(f"band {i} outside 0..{self.bands - 1}")
-        i %= self.bands
-        return self.window(slice(None), slice(None), slice(i, i + 1))[0]
-
-    def spectrum(self, line: int, sample: int) -> np.ndarray:
-        """float32 ``(B,)`` spectrum of one pixel."""
-        if not (0 <= line < self.lines_available and 0 <= sample < self.samples):
-            raise IndexError(f"pixel ({line}, {sample}) outside the {self.lines_available} x "
-                             f"{self.samples} image")
-        return self.window(slice(line, line + 1), slice(sample, sample + 1))[:, 0, 0]
-
-    def valid_mask(self, data: np.ndarray | None = None) -> np.ndarray:
-        """bool ``(B, L, S)``: True where the value is not a special value (from ``load()``)."""
-        data = self.load() if data is None else data
-        return ~np.isnan(data)
 
     # ---- suffix planes
     def suffix_names(self, axis: str) -> list[str]:

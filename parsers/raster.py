@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from parsers.cube_access import CubeAccess
 from parsers.errors import ProductError, UserError
 
 _CHUNK_BYTES = 32 << 20
@@ -64,7 +65,7 @@ def open_dataset(data_path: Path, label: Path) -> Any:
 
 
 @dataclass
-class RasterCube:
+class RasterCube(CubeAccess):
     """A raster opened lazily through rasterio; see the module docstring.
 
     ``band_index``: the 1-based GDAL band numbers that make up the cube, in order (all
@@ -188,25 +189,6 @@ class RasterCube:
             b = min(self.lines, a + step)
             out[:, a:b] = self.window(slice(a, b), slice(None))
         return out
-
-    def band(self, i: int) -> np.ndarray:
-        """float32 ``(L, S)`` image of band ``i``."""
-        if not -self.bands <= i < self.bands:
-            raise IndexError(f"band {i} outside 0..{self.bands - 1}")
-        i %= self.bands
-        return self.window(slice(None), slice(None), slice(i, i + 1))[0]
-
-    def spectrum(self, line: int, sample: int) -> np.ndarray:
-        """float32 ``(B,)`` spectrum of one pixel."""
-        if not (0 <= line < self.lines and 0 <= sample < self.samples):
-            raise IndexError(f"pixel ({line}, {sample}) outside the {self.lines} x "
-                             f"{self.samples} image")
-        return self.window(slice(line, line + 1), slice(sample, sample + 1))[:, 0, 0]
-
-    def valid_mask(self, data: np.ndarray | None = None) -> np.ndarray:
-        """bool ``(B, L, S)``: True where the value is not no-data (from ``load()``)."""
-        data = self.load() if data is None else data
-        return ~np.isnan(data)
 
     # ---- lifetime
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """Where training and evaluation run: the one device resolver, precision, memory format,
 process group, out-of-memory advice and the device-resident tile cache.
 
-Every function here runs on the CPU in the test suite (``tests/training/test_runtime.py``
+Every function here runs on the CPU in the test suite (``tests/training/test_device.py``
 rehearses bf16 autocast, channels-last, ``torch.compile``, the cache, gloo DDP and the
 out-of-memory message on the CPU). What only a CUDA device can check is marked
 ``CUDA-only:`` below; ``benchmarks/gpu_check.sh`` exercises those lines on a GPU.
