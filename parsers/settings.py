@@ -50,6 +50,26 @@ PathLike = str | os.PathLike[str]
 
 # --------------------------------------------------------------------------- the file
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice (plain YAML keeps the last one silently)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise DuplicateKeyError(f"key {key!r} at line {line} repeats the one at line "
+                                        f"{seen[key]} (YAML would keep only the last)")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params_file(path: PathLike | None = DEFAULT_PARAMS) -> dict[str, Any]:
     """The whole params file as a dict (an empty file is an empty dict).
 
@@ -68,7 +88,9 @@ def read_params_file(path: PathLike | None = DEFAULT_PARAMS) -> dict[str, Any]:
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read params file ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -31,21 +31,21 @@ from parsers.settings import (
     flag_overrides,
     from_dict,
     load_layers,
-    load_section,
     params_label,
     read_params_file,
     section_of,
     to_dict,
 )
+from parsers.settings import load_section as _load_section
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
 
 __all__ = [
-    "DATASET_STAGES", "DEFAULT_PARAMS", "KINDS", "SOURCES", "BandSelection", "DatasetParams",
-    "add_flags", "dataset_names", "flag_overrides", "from_dict", "load_dataset", "load_layers",
-    "load_section", "load_stage", "read_params_file", "stage_parser", "stage_sections",
-    "stage_settings", "to_dict",
+    "DATASET_STAGES", "DEFAULT_PARAMS", "KINDS", "SECTIONS", "SOURCES", "BandSelection",
+    "DatasetParams", "add_flags", "dataset_names", "flag_overrides", "from_dict", "load_dataset",
+    "load_layers", "load_section", "load_stage", "read_params", "read_params_file",
+    "stage_parser", "stage_sections", "stage_settings", "to_dict",
 ]
 
 Kind = Literal["virtis", "sentinel2", "cube"]
@@ -56,6 +56,28 @@ KINDS: tuple[str, ...] = typing.get_args(Kind)
 SOURCES: tuple[str, ...] = ("virtis", "sentinel2")
 #: The stages dvc.yaml runs once per data set, in order.
 DATASET_STAGES: tuple[str, ...] = ("split", "stats", "tiles", "train", "evaluate")
+#: The top-level sections of params.yaml; any other is a typo (an error naming close ones).
+SECTIONS: tuple[str, ...] = ("download_pds", "download_sentinel2", "datasets", *DATASET_STAGES)
+
+
+def read_params(path: PathLike | None = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The whole params file, with every top-level section checked to be one of SECTIONS."""
+    data = read_params_file(path)
+    unknown = [key for key in data if key not in SECTIONS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), SECTIONS, n=2, cutoff=0.6)
+        hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+                else f"the sections are {', '.join(SECTIONS)}")
+        raise ParamsError(f"{params_label(path)}: unknown section {key!r} ({hint})")
+    return data
+
+
+def load_section(cls: type[T], section: str, path: PathLike | None = DEFAULT_PARAMS,
+                 overrides: Mapping[str, Any] | None = None) -> T:
+    """:func:`parsers.settings.load_section` on a params file whose sections are checked."""
+    read_params(path)
+    return _load_section(cls, section, path, overrides)
 
 
 @dataclass(frozen=True)
@@ -131,7 +153,7 @@ def _datasets(data: Mapping[str, Any], label: str) -> dict[str, Any]:
 
 def dataset_names(path: PathLike | None = DEFAULT_PARAMS) -> list[str]:
     """The data sets params section ``datasets`` names, in file order."""
-    return list(_datasets(read_params_file(path), params_label(path)))
+    return list(_datasets(read_params(path), params_label(path)))
 
 
 def load_dataset(name: str, path: PathLike | None = DEFAULT_PARAMS) -> DatasetParams:
@@ -142,7 +164,7 @@ def load_dataset(name: str, path: PathLike | None = DEFAULT_PARAMS) -> DatasetPa
     that suggests the close names.
     """
     label = params_label(path)
-    entries = _datasets(read_params_file(path), label)
+    entries = _datasets(read_params(path), label)
     if name not in entries:
         if name in KINDS and name != "cube":
             return DatasetParams(kind=name, products=f"data/raw/{name}")  # type: ignore[arg-type]

@@ -87,6 +87,9 @@ def test_overrides_win_and_none_is_ignored(tmp_path):
         ("s:\n  name: a\n  inner: {size: 1.5}\n", "s.inner.size: expected an integer"),
         ("s: [1, 2]\n", "section 's' must be a mapping"),
         ("s:\n  name: [unclosed\n", "not valid YAML at line"),
+        ("s:\n  name: a\n  rate: 1\n  name: b\n",
+         "key 'name' at line 4 repeats the one at line 2 (YAML would keep only the last)"),
+        ("s:\n  name: a\ns:\n  name: b\n", "key 's' at line 3 repeats the one at line 1"),
     ],
 )
 def test_mistakes_are_one_line_params_errors(tmp_path, text, message):

@@ -79,6 +79,10 @@ def test_built_in_names_need_no_entry(tmp_path: Path) -> None:
      "wavelength range [900.0, 400.0] is empty"),
     ("datasets:\n  a: {kind: cube, products: x, tiles: {sise: 8}}\n", "a",
      "datasets.a.tiles: unknown key 'sise' (did you mean 'size'?)"),
+    # a misspelt top-level section would otherwise be ignored and its settings lost
+    (ENTRIES + "evaluat: {max_tiles: 3}\n", "mine",
+     "unknown section 'evaluat' (did you mean 'evaluate'?)"),
+    (ENTRIES + "zzz: {}\n", "mine", "unknown section 'zzz' (the sections are download_pds,"),
 ])
 def test_mistakes_name_the_data_set_and_key(tmp_path: Path, text: str, name: str,
                                             message: str) -> None:
