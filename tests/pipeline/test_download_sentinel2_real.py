@@ -101,7 +101,8 @@ def run_cli(tmp_path: Path, *args: str, **section) -> int:
     params = tmp_path / "params.yaml"
     body = {"download_sentinel2": {"backoff": 0.05, "retries": 2, "progress": False,
                                    "max_cloud": 100.0, "window_px": 96, **section},
-            "sentinel2": {"bands": BANDS}}
+            "datasets": {"sentinel2": {"kind": "sentinel2", "products": "data/raw/sentinel2",
+                                       "reader": {"bands": BANDS}}}}
     params.write_text(yaml.safe_dump(body), encoding="utf-8")
     return main(["--params", str(params), *args])
 

@@ -68,7 +68,8 @@ def workspace(tmp_path: Path) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
     body = {"download_sentinel2": {"backoff": 0.05, "retries": 2, "max_cloud": 30.0},
-            "sentinel2": {"bands": BANDS}}
+            "datasets": {"sentinel2": {"kind": "sentinel2", "products": "data/raw/sentinel2",
+                                       "reader": {"bands": BANDS}}}}
     (ws / "params.yaml").write_text(yaml.safe_dump(body))
     return ws
 
