@@ -45,6 +45,12 @@ class ParamsError(UserError):
 REASON_CHARS = 200
 
 
+def one_line(text: object, limit: int = REASON_CHARS) -> str:
+    """``text`` with white space folded to single spaces, cut to ``limit`` characters."""
+    folded = " ".join(str(text).split())
+    return folded if len(folded) <= limit else folded[:limit - 3] + "..."
+
+
 def reason(exc: BaseException, limit: int = REASON_CHARS) -> str:
     """A short one-line phrase for why ``exc`` happened, for inside a one-line message.
 
@@ -54,7 +60,7 @@ def reason(exc: BaseException, limit: int = REASON_CHARS) -> str:
     """
     inner: object = exc.args[0] if exc.args else exc
     inner = getattr(inner, "reason", inner)
-    text = " ".join(str(inner).split()) or type(exc).__name__
+    text = one_line(inner, 10**6) or type(exc).__name__
     both = f"{text} {exc}"
     if any(k in both for k in ("NameResolutionError", "Name or service not known",
                                "Failed to resolve", "nodename nor servname")):
@@ -65,7 +71,7 @@ def reason(exc: BaseException, limit: int = REASON_CHARS) -> str:
         return "timed out"
     if "Caused by" in text:
         text = text.split("Caused by", 1)[1].strip(" ()")
-    return text[:limit]
+    return one_line(text, limit)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from parsers.cube_access import CubeAccess
-from parsers.errors import ProductError, UserError
+from parsers.errors import ProductError, UserError, one_line
 
 _CHUNK_BYTES = 32 << 20
 _INTERLEAVE = {"BAND": "BSQ", "LINE": "BIL", "PIXEL": "BIP"}
@@ -40,10 +40,10 @@ def gdal_message(exc: BaseException, path: str | os.PathLike[str] | None = None)
     """
     while "previous exception" in str(exc) and exc.__cause__ is not None:
         exc = exc.__cause__
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc, 10**6) or type(exc).__name__
     if path is not None:
         text = text.replace(f"'{os.fspath(path)}'", "<file>").replace(os.fspath(path), "<file>")
-    return text if len(text) <= 160 else text[:157] + "..."
+    return one_line(text, 160)
 
 
 def open_dataset(data_path: Path, label: Path) -> Any:

@@ -55,6 +55,7 @@ import numpy as np
 
 from parsers.atomic import atomic_open, atomic_path
 from parsers.errors import ParamsError, ProductError, UserError
+from parsers.raster import gdal_message
 
 # The 13 MSI bands in ESA ``band_id`` order (0..12), as used by the MTD offset lists.
 ALL_BANDS: tuple[str, ...] = (
@@ -400,16 +401,6 @@ def _check_local_file(href: str, label: str) -> None:
         raise ProductError(label, "empty file (0 bytes)")
 
 
-def _rio_problem(exc: Exception, href: str = "") -> str:
-    """GDAL's message on one line, without the (long) file path."""
-    while "previous exception" in str(exc) and exc.__cause__ is not None:
-        exc = exc.__cause__  # rasterio chains the GDAL error that says what went wrong
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if href:
-        text = text.replace(f"'{_gdal_path(href)}' ", "").replace(_gdal_path(href), "<file>")
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 @contextlib.contextmanager
 def _open(href: str, label: str | None = None):
     """Open a raster; any failure becomes a one-line ProductError naming the file."""
@@ -421,7 +412,8 @@ def _open(href: str, label: str | None = None):
     try:
         src = rasterio.open(_gdal_path(href))
     except (RasterioError, OSError) as exc:
-        raise ProductError(label, f"not a readable raster ({_rio_problem(exc, href)})") from None
+        problem = gdal_message(exc, _gdal_path(href))
+        raise ProductError(label, f"not a readable raster ({problem})") from None
     if src.count > _MAX_RASTER_BANDS:  # a damaged header; reading it would take seconds
         src.close()
         raise ProductError(label, f"{src.count} bands: not a Sentinel-2 raster (damaged header?)")
@@ -493,7 +485,7 @@ def _read_plane(src, band_index: int, grid: _Grid, window: tuple[int, int, int, 
                 out = vrt.read(band_index, window=Window(col, row, w, h))
     except RasterioError as exc:
         raise ProductError(label, "cannot decode the pixels: truncated or corrupt file "
-                                  f"({_rio_problem(exc)})") from None
+                                  f"({gdal_message(exc)})") from None
     out = np.ascontiguousarray(out)
     for value in nodata_values:
         if value is not None and value != NODATA and not math.isnan(value):

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from parsers.errors import UserError, reason
+from parsers.errors import UserError, one_line, reason
 from pipeline.fetch import make_session, sha256_file
 from pipeline.manifest import ManifestEntry
 from pipeline.sentinel2_backends.common import (
@@ -92,7 +92,7 @@ class DhusBackend:
         if isinstance(exc, requests.RequestException):
             return unreachable("DHuS hub", self.url, exc, _HINT)
         msg = getattr(exc, "msg", None) or reason(exc)
-        return UserError(f"DHuS hub at {self.url}: {' '.join(str(msg).split())[:200]}")
+        return UserError(f"DHuS hub at {self.url}: {one_line(msg)}")
 
     # ------------------------------------------------------------------ search
     def search(self, query: Query) -> SearchResult:

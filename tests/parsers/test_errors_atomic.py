@@ -188,3 +188,17 @@ def test_cli_entry_reports_a_file_size_limit_instead_of_dying(tmp_path):
     assert proc.stderr.startswith(f"writer: error: {out}: file too large")
     assert "file-size limit 1,000 bytes" in proc.stderr and proc.stderr.count("\n") == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_one_line_folds_and_cuts_every_message_the_same_way() -> None:
+    from parsers.errors import one_line, reason
+    from parsers.raster import gdal_message
+
+    assert one_line("a\n  b\tc") == "a b c"
+    long = "word " * 100
+    assert len(one_line(long, 50)) == 50 and one_line(long, 50).endswith("...")
+    assert len(reason(OSError(long))) == 200
+    # GDAL messages lose the file path (named once by the caller) and stay one line
+    exc = OSError("'/very/long/path/x.tif' not recognized as\n a supported file format.")
+    assert gdal_message(exc, "/very/long/path/x.tif") == \
+        "<file> not recognized as a supported file format."
