@@ -4,12 +4,14 @@
 named tuples such as label quantities (``{"value": .., "units": ..}``), numpy scalars and
 arrays, paths, and non-finite floats (``null``: JSON has no NaN) into dicts, lists, str,
 int, float, bool and None, recursively. ``json.dumps(json_safe(x))`` then never fails on
-these types and never writes ``NaN``.
+these types and never writes ``NaN``. :func:`from_attr` is the way back for HDF5
+attributes the project writes (JSON text, bytes, numpy scalars).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -38,4 +40,20 @@ def json_safe(value: Any) -> Any:
         return None
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    return value
+
+
+def from_attr(value: Any) -> Any:
+    """An HDF5 attribute as a plain value: bytes decoded, numpy scalars as Python numbers,
+    and JSON lists/objects (how the stages store structured attributes) parsed; a string
+    that only looks like JSON stays a string."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str) and (value[:1] in "[{" or value == "null"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
     return value

@@ -17,21 +17,9 @@ from typing import Any
 import numpy as np
 
 from parsers.errors import UserError, cli_entry
+from parsers.jsonsafe import from_attr
 
 EDGE_BANDS = 3
-
-
-def _load(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and (value[:1] in "[{" or value == "null"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -48,7 +36,7 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if "tiles" not in f:
             raise UserError(f"{path}: no 'tiles' dataset (not written by pipeline.tiles)")
         tiles = f["tiles"]
-        attrs = {k: _load(v) for k, v in f.attrs.items()}
+        attrs = {k: from_attr(v) for k, v in f.attrs.items()}
         params = attrs.get("params") or {}
         raw_bytes = int(np.prod(tiles.shape, dtype=np.int64)) * tiles.dtype.itemsize
         stored = tiles.id.get_storage_size()
@@ -75,7 +63,7 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if "wavelength" in f:
             wl = f["wavelength"]
             info["wavelength"] = [float(v) for v in wl[()]]
-            info["wavelength_unit"] = _load(wl.attrs.get("unit", ""))
+            info["wavelength_unit"] = from_attr(wl.attrs.get("unit", ""))
         if "invalid_fraction" in f and tiles.shape[0]:
             info["mean_invalid_fraction"] = float(np.mean(f["invalid_fraction"][()]))
     return info

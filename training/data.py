@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from parsers.errors import ProductError, UserError
 from parsers.integrity import tile_read_problem
+from parsers.jsonsafe import from_attr
 
 MODES: tuple[str, ...] = ("paper_minmax", "global_max", "robust", "zscore")
 ROBUST_PERCENTILES: tuple[str, str] = ("0.1", "99.9")
@@ -235,16 +236,8 @@ def read_tile_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
             "wavelength": f["wavelength"][()] if "wavelength" in f else None,
         }
     for key, value in attrs.items():
-        if key in out:
-            continue
-        if isinstance(value, bytes):
-            value = value.decode()
-        if key in ("stats", "params", "tiles_per_product", "products", "band_names") \
-                and isinstance(value, str):
-            value = json.loads(value)
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
+        if key not in out:
+            out[key] = from_attr(value)
     return out
 
 
