@@ -25,7 +25,7 @@ Phases:
   stats-thr-2     the same with the "threads" scheduler, 2 workers
   tiles-proc-1/2  pipeline.tiles of every cube into one HDF5 (64 x 64 tiles, the default
                   codec of params.yaml), "processes" scheduler, 1 / 2 workers
-  tiles-thr-2     the same with 2 threads (compression serialised by h5py's lock)
+  tiles-thr-2     the same with 2 threads (each compresses its own tiles; the GIL is released)
 """
 
 from __future__ import annotations
