@@ -13,9 +13,18 @@ Command-line overrides are generated from the same dataclass (:func:`add_flags`,
 field's type deciding how the text is read (``--flag/--no-flag`` for booleans, ``a,b,c``
 or ``[a, b]`` for lists, ``8x2`` for a pair of integers).
 
-A field whose params key is not a Python name (``lambda``) declares it with
-``dataclasses.field(metadata={"key": "lambda"})``; ``metadata={"help": ...}`` gives its
-flag a help text.
+A variable-length list field (``list[X]``, ``tuple[X, ...]``, either or ``None``) may be
+given more than once: the first occurrence replaces the params value, later ones add to it
+(``--dataset A --dataset B`` is ``--datasets A,B``); its items are kept as text when the item
+type is a string.
+
+Field metadata shapes the flag (``dataclasses.field(metadata={...})``):
+
+- ``"key"``: the params key when it is not a Python name (``"lambda"``); the flag follows it;
+- ``"help"``: the flag's help text;
+- ``"flags"``: extra option strings for the same flag, e.g. ``("--dataset",)`` beside
+  ``--datasets``; a boolean's alias gets its ``--no-`` form too (``--verify``/``--no-verify``);
+- ``"metavar"``: the name of the value in ``--help`` (default: the key in capitals).
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``pathlib.Path``,
 ``Literal[...]``, ``X | None``, unions, ``list[X]``, ``tuple[X, ...]``, ``tuple[X, Y]``,
@@ -376,9 +385,36 @@ def parse_flag_text(text: str, tp: Any) -> Any:
         parts = [p for p in re.split(r"[,\s]+", stripped) if p]
         if numeric and len(parts) == 1 and re.fullmatch(r"\d+(x\d+)+", parts[0].lower()):
             parts = parts[0].lower().split("x")
-        if len(parts) > 1 or typing.get_origin(tp) in (list, tuple):
+        sequence = _optional_of(tp) or tp
+        if len(parts) > 1 or typing.get_origin(sequence) in (list, tuple):
+            if _text_items(sequence):
+                return parts
             return [_yaml_value(p) for p in parts]
     return _yaml_value(stripped)
+
+
+def _text_items(tp: Any) -> bool:
+    """True when ``tp`` is a list/tuple of strings (its items are taken as they are)."""
+    items = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    return typing.get_origin(tp) in (list, tuple) and all(_strings_only(a) for a in items)
+
+
+def _variable_list(tp: Any) -> bool:
+    """True for ``list[X]`` and ``tuple[X, ...]`` (either or None), not fixed-length tuples."""
+    tp = _optional_of(tp) or tp
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    return origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
+
+
+class _Accumulate(argparse.Action):
+    """A repeated list flag: the first occurrence replaces the params value, later ones
+    extend it (the attribute is absent until the flag is given, see :func:`add_flags`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        items = list(values) if isinstance(values, (list, tuple)) else [values]
+        given = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, items if given is None else [*given, *items])
 
 
 def _flag_type(tp: Any, flag: str):
@@ -397,7 +433,8 @@ def add_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
     skip: Sequence[str] = (),
 ) -> None:
-    """One override flag per field of settings dataclass ``cls`` (except ``skip`` keys).
+    """One override flag per field of settings dataclass ``cls`` (except ``skip`` keys),
+    shaped by the field's metadata (``help``, ``flags``, ``metavar``; see the module text).
 
     A flag that is not given leaves no attribute behind: :func:`flag_overrides` takes only
     the flags given. (A flag cannot set a setting to null: edit params.yaml for that.)
@@ -408,18 +445,22 @@ def add_flags(
             continue
         tp = hints[field.name]
         flag = flag_name(key)
+        aliases = field.metadata.get("flags", ())
+        names = [flag, *([aliases] if isinstance(aliases, str) else aliases)]
         kwargs: dict[str, Any] = {"dest": key, "default": argparse.SUPPRESS,
                                   "help": field.metadata.get("help")}
         if tp is bool or _optional_of(tp) is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         literal = tp if typing.get_origin(tp) is typing.Literal else None
         if literal is not None:
             kwargs["choices"] = typing.get_args(literal)
         else:
             kwargs["type"] = _flag_type(tp, flag)
-            kwargs["metavar"] = key.upper()
-        parser.add_argument(flag, **kwargs)
+            kwargs["metavar"] = field.metadata.get("metavar", key.upper())
+        if _variable_list(tp):
+            kwargs["action"] = _Accumulate
+        parser.add_argument(*names, **kwargs)
 
 
 def _optional_of(tp: Any) -> Any:

@@ -210,6 +210,46 @@ def test_bad_flag_values_are_usage_errors(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@dataclass(frozen=True)
+class Aliased:
+    datasets: tuple[str, ...] = field(default=("d0",), metadata={"flags": ("--dataset",),
+                                                                  "metavar": "ID"})
+    widths: list[int] | None = None
+    pair: tuple[int, int] = (1, 1)
+    start_time: str | None = field(default=None, metadata={"flags": ("--start",)})
+    verify: bool = field(default=True, metadata={"flags": ("--check",)})
+
+
+def parse_aliased(*argv: str) -> dict:
+    parser = argparse.ArgumentParser(prog="t")
+    add_flags(parser, Aliased)
+    return flag_overrides(parser.parse_args(list(argv)), Aliased)
+
+
+def test_an_alias_is_the_same_flag_and_a_repeated_list_flag_accumulates(tmp_path):
+    assert parse_aliased("--dataset", "a") == parse_aliased("--datasets", "a") == {
+        "datasets": ["a"]}
+    both = {"datasets": ["a", "b"]}
+    assert parse_aliased("--dataset", "a", "--dataset", "b") == both
+    assert parse_aliased("--datasets", "a,b") == both
+    assert parse_aliased("--dataset", "a", "--datasets", "[b]") == both
+    assert parse_aliased("--widths", "4", "--widths", "8,16") == {"widths": [4, 8, 16]}
+    # a fixed-length tuple is one value: the last one wins, as for scalars
+    assert parse_aliased("--pair", "2x3", "--pair", "4x5") == {"pair": [4, 5]}
+    assert parse_aliased("--start", "2014-08-06") == {"start_time": "2014-08-06"}
+    assert parse_aliased("--no-check") == parse_aliased("--no-verify") == {"verify": False}
+    assert parse_aliased("--check") == {"verify": True}
+    # string items stay text (no YAML numbers or dates), and the first flag replaces the file
+    assert parse_aliased("--dataset", "0094", "--dataset", "2014-08-06") == {
+        "datasets": ["0094", "2014-08-06"]}
+    path = write(tmp_path, "f: {datasets: [x, y]}\n")
+    loaded = load_section(Aliased, "f", path, parse_aliased("--dataset", "a", "--dataset", "b"))
+    assert loaded.datasets == ("a", "b")
+    shown = argparse.ArgumentParser(prog="t")
+    add_flags(shown, Aliased)
+    assert "--datasets ID, --dataset ID" in shown.format_help()
+
+
 def test_flag_values_are_checked_again_after_the_merge(tmp_path):
     path = write(tmp_path, "f: {batch_size: 4}\n")
     with pytest.raises(ParamsError, match=r"--latent: expected int \| tuple"):
