@@ -63,7 +63,14 @@ from pipeline.manifest import (
     entries_for,
     locked_jobs,
 )
-from pipeline.params import DEFAULT_PARAMS, from_dict, load_section, to_dict
+from pipeline.params import (
+    DEFAULT_PARAMS,
+    add_flags,
+    flag_overrides,
+    from_dict,
+    load_section,
+    to_dict,
+)
 from pipeline.selection import pick
 
 PROG = "python -m pipeline.download_pds"
@@ -90,29 +97,57 @@ MAX_LISTING_PAGES = 5000
 
 @dataclass(frozen=True)
 class DownloadPdsParams:
-    """Settings of the ``download_pds`` stage (params.yaml section ``download_pds``)."""
+    """Settings of the ``download_pds`` stage (params.yaml section ``download_pds``).
 
-    base_url: str = DEFAULT_BASE_URL
-    datasets: tuple[str, ...] = (DEFAULT_DATASET,)
-    # Optional filters; empty (or [any]) keeps every row. Channels: VIRTIS_M_VIS, ... or the
-    # index's channel column values; types: raw (.QUB), cal (.CAL), geo (.GEO/.GE5) or any
-    # other file extension (img, lbl, ...).
-    channels: tuple[str, ...] = ()
-    product_types: tuple[str, ...] = ()
-    max_files: int | None = 4  # over all data sets; None: no limit
-    max_per_dataset: int | None = None
-    start_time: str | None = None  # ISO UTC, inclusive, compared with the index START_TIME
-    stop_time: str | None = None  # ISO UTC, exclusive
-    selection: Literal["first", "spread"] = "spread"  # which rows when more match than wanted
-    out: Path = Path("data/raw/virtis")
-    jobs: int = 4
-    retries: int = 5
-    backoff: float = 0.5  # seconds; doubles per consecutive failure
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    verify_products: bool = True
-    listing_fallback: bool = True
-    locked: Path | None = None
+    Each field is also an override flag of the CLI (:func:`build_parser`), its help text
+    and aliases in the field's metadata. ``max_files``/``max_per_dataset`` 0 means no limit
+    (stored as None), in the file as on the command line."""
+
+    base_url: str = field(default=DEFAULT_BASE_URL, metadata={
+        "metavar": "URL", "help": "archive root holding the data sets (default: the ESA PSA "
+        "VIRTIS folder; the PDS SBN holdings URL works too); with --locked: the mirror"})
+    datasets: tuple[str, ...] = field(default=(DEFAULT_DATASET,), metadata={
+        "flags": ("--dataset",), "metavar": "ID",
+        "help": "data set id (a folder under the base URL), repeatable"})
+    channels: tuple[str, ...] = field(default=(), metadata={
+        "flags": ("--channel",), "metavar": "CH",
+        "help": f"channel filter, repeatable: {', '.join(CHANNELS)}, a value of the index's "
+        "channel column, or any (every channel)"})
+    product_types: tuple[str, ...] = field(default=(), metadata={
+        "flags": ("--product-type",), "metavar": "T",
+        "help": "product type filter, repeatable: raw|QUB, cal|CAL, geo|GEO|GE5, a file "
+        "extension (img, lbl), or any (every type)"})
+    max_files: int | None = field(default=4, metadata={
+        "metavar": "N", "help": "at most N files over all data sets (0: no limit)"})
+    max_per_dataset: int | None = field(default=None, metadata={
+        "metavar": "N", "help": "at most N files per data set (0: no limit)"})
+    start_time: str | None = field(default=None, metadata={
+        "flags": ("--start",), "metavar": "TIME",
+        "help": "keep rows with START_TIME >= TIME (ISO UTC)"})
+    stop_time: str | None = field(default=None, metadata={
+        "flags": ("--stop",), "metavar": "TIME",
+        "help": "keep rows with START_TIME < TIME (ISO UTC)"})
+    selection: Literal["first", "spread"] = field(default="spread", metadata={
+        "help": "which rows to keep when more match than wanted: the first ones, or spread "
+        "evenly over the index"})
+    out: Path = field(default=Path("data/raw/virtis"), metadata={
+        "metavar": "DIR", "help": "download folder"})
+    jobs: int = field(default=4, metadata={"metavar": "N", "help": "parallel transfers"})
+    retries: int = field(default=5, metadata={"metavar": "N", "help": "retries per request"})
+    backoff: float = field(default=0.5, metadata={
+        "metavar": "S", "help": "first retry delay, seconds (doubles per failure)"})
+    connect_timeout: float = field(default=10.0, metadata={
+        "metavar": "S", "help": "connect timeout, seconds"})
+    read_timeout: float = field(default=60.0, metadata={
+        "metavar": "S", "help": "read timeout, seconds"})
+    verify_products: bool = field(default=True, metadata={
+        "flags": ("--verify",),
+        "help": "open each product with its reader before keeping it (default: yes)"})
+    listing_fallback: bool = field(default=True, metadata={
+        "help": "walk the HTML listings when a data set has no usable index (default: yes)"})
+    locked: Path | None = field(default=None, metadata={
+        "metavar": "MANIFEST", "help": "fetch exactly the files of this manifest; fail if "
+        "any sha256 differs (with --base-url: from that mirror)"})
 
     def __post_init__(self) -> None:
         try:
@@ -126,8 +161,10 @@ class DownloadPdsParams:
         object.__setattr__(self, "channels", _channel_filter(self.channels))
         object.__setattr__(self, "product_types", _kind_filter(self.product_types))
         for name in ("max_files", "max_per_dataset"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 (or null for no limit)")
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, None)  # 0, like null: no limit
+            elif getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 1 (0 or null: no limit)")
         if self.jobs < 1 or self.retries < 0:
             raise ValueError("jobs must be >= 1 and retries >= 0")
         for name in ("start_time", "stop_time"):
@@ -800,74 +837,31 @@ def _previous_manifest(path: Path) -> Manifest | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``--params``, ``--dry-run``, ``--no-progress`` and one override flag per field of
+    :class:`DownloadPdsParams` (``--dataset`` also spelt ``--datasets``, and so on)."""
     p = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"The overrides replace the keys of params section {SECTION}; a repeated list "
+        "flag adds to\nthe list it starts (--dataset A --dataset B is --datasets A,B).",
     )
     p.add_argument("--params", type=Path, default=None,
                    help=f"params file (default {DEFAULT_PARAMS} if it exists); section {SECTION}")
-    p.add_argument("--base-url", help=f"archive root holding the data sets (default "
-                   f"{DEFAULT_BASE_URL}; the PDS SBN holdings URL works too)")
-    p.add_argument("--dataset", action="append", metavar="ID",
-                   help=f"data set id, repeatable (default {DEFAULT_DATASET})")
-    p.add_argument("--channel", action="append", type=str.upper, metavar="CH",
-                   help=f"repeatable: {', '.join(CHANNELS)}, a value of the index's channel "
-                   "column, or any (default: every channel)")
-    p.add_argument("--product-type", action="append", metavar="T",
-                   help="repeatable: raw|QUB, cal|CAL, geo|GEO, a file extension, or any "
-                   "(default: every type)")
-    p.add_argument("--max-files", type=int, metavar="N",
-                   help="at most N files in all (0: no limit)")
-    p.add_argument("--max-per-dataset", type=int, metavar="N", help="at most N per data set")
-    p.add_argument("--start", dest="start_time", metavar="TIME", help="START_TIME >= TIME (UTC)")
-    p.add_argument("--stop", dest="stop_time", metavar="TIME", help="START_TIME < TIME (UTC)")
-    p.add_argument("--selection", choices=("first", "spread"),
-                   help="which matching rows to keep when there are more than wanted")
-    p.add_argument("--out", type=Path, metavar="DIR", help="download folder")
-    p.add_argument("--jobs", type=int, metavar="N", help="parallel transfers")
-    p.add_argument("--retries", type=int, metavar="N", help="retries per request")
-    p.add_argument("--locked", type=Path, metavar="MANIFEST",
-                   help="fetch exactly the files of this manifest; fail if any sha256 differs "
-                   "(with --base-url: from that mirror)")
-    p.add_argument("--no-verify", action="store_true", help="do not open products after download")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (path, size, start time per product); fetch nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(p.add_argument_group("overrides of the params (DownloadPdsParams keys)"),
+              DownloadPdsParams)
     return p
 
 
 def load_params(args: argparse.Namespace) -> DownloadPdsParams:
     """Params from the file (if any) with the command-line flags on top."""
-    overrides: dict[str, Any] = {
-        "base_url": args.base_url,
-        "datasets": args.dataset,
-        "channels": args.channel,
-        "product_types": args.product_type,
-        "max_per_dataset": args.max_per_dataset,
-        "start_time": args.start_time,
-        "stop_time": args.stop_time,
-        "selection": args.selection,
-        "out": str(args.out) if args.out is not None else None,
-        "jobs": args.jobs,
-        "retries": args.retries,
-        "locked": str(args.locked) if args.locked is not None else None,
-        "verify_products": False if args.no_verify else None,
-    }
-    if args.max_files is not None:
-        overrides["max_files"] = args.max_files if args.max_files > 0 else None
-    path = args.params
-    if path is None and DEFAULT_PARAMS.is_file():
-        path = DEFAULT_PARAMS
-    if path is not None:
-        params = load_section(DownloadPdsParams, SECTION, path, overrides)
-    else:
-        data = {k: v for k, v in overrides.items() if v is not None}
-        if "max_files" in overrides:
-            data["max_files"] = overrides["max_files"]
-        params = from_dict(DownloadPdsParams, data, where=f"{PROG} flags")
-    if args.max_files is not None and args.max_files <= 0:
-        params = dataclasses.replace(params, max_files=None)
-    return params
+    overrides = flag_overrides(args, DownloadPdsParams)
+    if args.params is None and not DEFAULT_PARAMS.is_file():
+        # No params.yaml here: defaults plus flags (typed and validated the same way).
+        return from_dict(DownloadPdsParams, overrides, where=f"{PROG} flags")
+    return load_section(DownloadPdsParams, SECTION, args.params or DEFAULT_PARAMS, overrides)
 
 
 @cli_entry(PROG)
@@ -877,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dry_run:
         lock_output(params.out, PROG)
     report = run(params, dry_run=args.dry_run, progress=False if args.no_progress else None,
-                 rebase_to=args.base_url)
+                 rebase_to=getattr(args, "base_url", None))
     if args.dry_run:
         print(f"{report.selected} product(s) would be fetched", file=sys.stderr)
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -375,6 +376,63 @@ def test_params_file_and_flag_overrides(archive, tmp_path, capsys) -> None:
     params.write_text("download_pds:\n  product_types: [c/al]\n")
     assert download_pds.main(["--params", str(params)]) == 2
     assert "'c/al' is not raw/QUB" in capsys.readouterr().err
+
+
+def settings_from(params: Path | None, *argv: str) -> DownloadPdsParams:
+    head = ["--params", str(params)] if params is not None else []
+    return download_pds.load_params(download_pds.build_parser().parse_args([*head, *argv]))
+
+
+def test_every_setting_has_a_generated_flag_with_help(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        download_pds.main(["--help"])
+    assert info.value.code == 0
+    shown = capsys.readouterr().out
+    group = shown.split("overrides of the params (DownloadPdsParams keys):")[1]
+    for f in dataclasses.fields(DownloadPdsParams):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in group, flag
+        assert f.metadata.get("help"), f.name
+    for old in ("--dataset ID", "--channel CH", "--product-type T", "--start TIME",
+                "--stop TIME", "--no-verify", "--max-files N", "--locked MANIFEST"):
+        assert old in group, old
+    assert "--dry-run" in shown and "--no-progress" in shown and "--params" in shown
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (["--dataset", DS1, "--dataset", DS2], ["--datasets", f"{DS1},{DS2}"]),
+    (["--channel", "virtis_m_ir", "--channel", "VIRTIS_H"], ["--channels", "VIRTIS_M_IR,VIRTIS_H"]),
+    (["--product-type", "QUB", "--product-type", "cal"], ["--product-types", "raw,CAL"]),
+    (["--start", "2014-08-06", "--stop", "2014-08-07T00:00"],
+     ["--start-time", "2014-08-06", "--stop-time", "2014-08-07T00:00"]),
+    (["--no-verify"], ["--no-verify-products"]),
+    (["--locked", "m.json", "--out", "d"], ["--out", "d", "--locked", "m.json"]),
+])
+def test_old_flag_spellings_give_the_same_settings_as_the_generated_ones(
+        tmp_path, monkeypatch, old, new) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"download_pds:\n  datasets: [{DS3}]\n  channels: [VIRTIS_M_VIS]\n"
+                      "  product_types: [geo]\n  max_files: 2\n")
+    from_file = settings_from(params)
+    assert settings_from(params, *old) == settings_from(params, *new) != from_file
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")  # no params.yaml here: defaults plus flags
+    assert settings_from(None, *old) == settings_from(None, *new) != DownloadPdsParams()
+
+
+def test_first_list_flag_replaces_the_file_and_zero_means_no_limit_in_both(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"download_pds:\n  datasets: [{DS3}]\n  max_files: 0\n"
+                      "  max_per_dataset: 0\n")
+    got = settings_from(params, "--dataset", DS1, "--dataset", DS2, "--channel", "virtis-m-ir")
+    assert got.datasets == (DS1, DS2) and got.channels == ("VIRTIS_M_IR",)
+    assert got.max_files is None and got.max_per_dataset is None
+    assert settings_from(params, "--max-files", "3").max_files == 3
+    params.write_text("download_pds:\n  max_files: 2\n")
+    assert settings_from(params, "--max-files", "0").max_files is None
+    params.write_text("download_pds:\n  max_files: -1\n")
+    with pytest.raises(ParamsError, match="max_files must be at least 1"):
+        settings_from(params)
 
 
 def test_params_defaults_point_at_the_real_psa() -> None:
