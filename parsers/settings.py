@@ -420,6 +420,10 @@ class _Accumulate(argparse.Action):
 def _flag_type(tp: Any, flag: str):
     def convert(text: str) -> Any:
         value = parse_flag_text(text, tp)
+        if value is None or (not _strings_only(tp) and _yaml_value(text.strip()) is None):
+            # overrides skip None, so the flag would silently do nothing
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: a flag cannot set null; set it in params.yaml")
         try:
             _convert(value, tp, flag)
         except ParamsError as exc:

@@ -202,6 +202,9 @@ def test_flags_come_from_the_fields_and_only_given_ones_override():
     (["--latent", "8x2x1"], "argument --latent: expected int | tuple[int, int], got [8, 2, 1]"),
     (["--lambda", "big"], "argument --lambda: expected a number, got 'big'"),
     (["--batch_size", "3"], "unrecognized arguments: --batch_size"),
+    (["--widths", "null"], "argument --widths: 'null': a flag cannot set null; set it in "
+                           "params.yaml"),
+    (["--latent", "~"], "argument --latent: '~': a flag cannot set null"),
 ])
 def test_bad_flag_values_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
