@@ -141,12 +141,12 @@ def test_readme_is_a_front_door() -> None:
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
-    commands = re.findall(r"^(python -m pytest[^#\n]*?)\s*(?:#.*)?$",
-                          README.read_text(encoding="utf-8"), re.MULTILINE)
+    commands = re.findall(r"^python -m pytest.*$", README.read_text(encoding="utf-8"),
+                          re.MULTILINE)
     assert commands, "README.md shows no `python -m pytest` command"
-    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    for command in commands:
-        assert command in ci, f".ci/run does not run the README's test command {command!r}"
+    ci_lines = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    for command in commands:  # the whole line, as a user would paste it
+        assert command in ci_lines, f".ci/run does not run the README's line {command!r}"
 
 
 def test_the_checks_catch_what_they_should(tmp_path: Path) -> None:
