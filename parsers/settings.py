@@ -70,12 +70,13 @@ class _StrictLoader(yaml.SafeLoader):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own error names an unhashable key
             line = key_node.start_mark.line + 1
-            if isinstance(key, typing.Hashable) and key in seen:
+            if key in seen:
                 raise DuplicateKeyError(f"key {key!r} at line {line} repeats the one at line "
                                         f"{seen[key]} (YAML would keep only the last)")
-            if isinstance(key, typing.Hashable):
-                seen[key] = line
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
@@ -419,11 +420,11 @@ class _Accumulate(argparse.Action):
 
 def _flag_type(tp: Any, flag: str):
     def convert(text: str) -> Any:
-        value = parse_flag_text(text, tp)
-        if value is None or (not _strings_only(tp) and _yaml_value(text.strip()) is None):
+        if not _strings_only(tp) and _yaml_value(text.strip()) is None:
             # overrides skip None, so the flag would silently do nothing
             raise argparse.ArgumentTypeError(
                 f"{text!r}: a flag cannot set null; set it in params.yaml")
+        value = parse_flag_text(text, tp)
         try:
             _convert(value, tp, flag)
         except ParamsError as exc:

@@ -214,5 +214,7 @@ def stage_settings(args: argparse.Namespace, cls: type[T], stage: str
                    ) -> tuple[T, DatasetParams]:
     """(settings of ``stage`` for the data set the command line names, that data set), from a
     parser made by :func:`stage_parser`."""
-    settings = load_stage(cls, stage, args.dataset, args.params, flag_overrides(args, cls))
-    return settings, load_dataset(args.dataset, args.params)
+    dataset = load_dataset(args.dataset, args.params)  # what load_stage checks first
+    settings = load_layers(cls, stage_sections(stage, args.dataset), args.params,
+                           flag_overrides(args, cls))
+    return settings, dataset
