@@ -3,6 +3,7 @@
     python benchmarks/bench_stats.py                 # 2 GB of calibrated VIRTIS-M cubes
     python benchmarks/bench_stats.py --gb 8          # the 4x run (linear time, flat memory)
     python benchmarks/bench_stats.py --gb 0.2        # a quick check
+    python benchmarks/bench_stats.py --accuracy 4    # sampled percentiles vs exact ones
 
 Synthetic calibrated VIRTIS-M VIS cubes (432 bands x 256 samples x ``--lines`` lines,
 big-endian float32 with special values, as the reader sees real .CAL products) are written
@@ -23,6 +24,8 @@ Phases:
                   NaN at special values), buffer reused block after block
   stats-proc-1/2  pipeline.stats partials + merge, dask "processes" scheduler, 1 / 2 workers
   stats-thr-2     the same with the "threads" scheduler, 2 workers
+  stats-*-s4      any stats phase with a suffix -sK: the histogram samples 1 pixel in K
+                  (``hist_sample``; e.g. stats-proc-2-s4)
   tiles-proc-1/2  pipeline.tiles of every cube into one HDF5 (64 x 64 tiles, the default
                   codec of params.yaml), "processes" scheduler, 1 / 2 workers
   tiles-thr-2     the same with 2 threads (each compresses its own tiles; the GIL is released)
@@ -144,12 +147,13 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
                 for _ in product.iter_blocks(product.lines_for_bytes(chunk_mb * 1e6),
                                              reuse=True):
                     pass
-        elif phase.startswith("stats-"):
-            _, kind, workers = phase.split("-")
+        elif phase.startswith("stats-"):  # stats-thr-2, or stats-thr-2-s4: sampled histogram
+            _, kind, workers, *sample = phase.split("-")
             scheduler = {"proc": "processes", "thr": "threads"}[kind]
+            spec = HistogramSpec(sample=int(sample[0][1:]) if sample else 1)
             tasks = make_tasks("virtis", refs)
-            stats = compute_stats("virtis", tasks, HistogramSpec(), scheduler, int(workers),
-                                  chunk_mb, progress=False)
+            stats = compute_stats("virtis", tasks, spec, scheduler, int(workers), chunk_mb,
+                                  progress=False)
             assert int(stats.count.sum()) > 0
         elif phase.startswith("tiles-"):
             from pipeline.tiles import write_split_tiles
@@ -165,6 +169,56 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
     cpu = own.ru_utime + own.ru_stime + sum(mem.child_cpu.values())
     return {"phase": phase, "seconds": seconds, "peak_rss": mem.peak, "load_before": load,
             "load_after": os.getloadavg()[0], "cpu_s": cpu}
+
+
+def sample_accuracy(paths: list[Path], every: int, chunk_mb: float) -> int:
+    """Print, per percentile, the worst rank error (percentile points) over 8 bands of the
+    sampled estimate against the exact values, beside the tolerance stats.json states."""
+    from pipeline.products import ProductRef, open_product
+    from pipeline.stats import StatsParams, compute_stats, make_tasks, stats_document
+
+    refs = [ProductRef(p.name, p) for p in paths]
+    docs = []
+    for k in (every, 1):
+        params = StatsParams(hist_sample=k)
+        stats = compute_stats("virtis", make_tasks("virtis", refs), params.histogram,
+                              "threads", progress=False)
+        docs.append(stats_document("virtis", stats, [r.product_id for r in refs], params))
+    doc, exact_doc = docs
+    bands = np.linspace(0, BANDS - 1, 8).astype(int)
+    values: list[np.ndarray] = []
+    for r in refs:
+        product = open_product("virtis", r.path)
+        for _, data, _ in product.iter_blocks(product.lines_for_bytes(chunk_mb * 1e6)):
+            values.append(data[bands].reshape(len(bands), -1).astype(np.float64))
+    cube = np.concatenate(values, axis=1)
+    print(f"{len(paths)} cubes, histogram of 1 pixel in {every}: "
+          f"{doc['percentile_sample']['histogram_values_min']} values a band; bands "
+          f"{bands.tolist()}")
+    rows = [np.sort(cube[i][np.isfinite(cube[i])]) for i in range(len(bands))]
+    print("worst over the bands of the rank error (percentile points) and of the relative "
+          "error against np.percentile; exact = the exact mode (its error is the bins')")
+    print(f"{'q':>6} {'rank: sampled':>14} {'exact':>8} {'stated':>8} "
+          f"{'relative: sampled':>18} {'exact':>9}")
+    for q in doc["percentiles"]:
+        errs = [[rank_and_value_error(row, float(q), d["percentiles"][q][b])
+                 for row, b in zip(rows, bands, strict=True)] for d in (doc, exact_doc)]
+        (rank_s, rel_s), (rank_e, rel_e) = (np.max(np.array(e), axis=0) for e in errs)
+        print(f"{q:>6} {rank_s:14.4f} {rank_e:8.4f} "
+              f"{doc['percentile_sample']['rank_tolerance'][q]:8.4f} {rel_s:18.2e} "
+              f"{rel_e:9.2e}")
+    return 0
+
+
+def rank_and_value_error(row: np.ndarray, q: float, estimate: float) -> tuple[float, float]:
+    """How far (percentile points) ``estimate`` lies from rank q of the sorted ``row``, and
+    its relative error against np.percentile."""
+    below = np.searchsorted(row, estimate, "left") / (row.size - 1)
+    upto = (np.searchsorted(row, estimate, "right") - 1) / (row.size - 1)
+    target = q / 100
+    rank = 0.0 if below <= target <= upto else min(abs(below - target), abs(upto - target))
+    exact = np.percentile(row, q)
+    return 100 * rank, abs(estimate - exact) / max(abs(exact), 1e-30)
 
 
 def run_in_child(phase: str, args: argparse.Namespace, total: int) -> dict:
@@ -196,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="numpy-read runs, between phases")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--clean", action="store_true", help="delete --workdir at the end")
+    ap.add_argument("--accuracy", type=int, metavar="K",
+                    help="instead of timing: rank errors of the percentiles of a histogram "
+                         "sampling 1 pixel in K, against the exact percentiles of 8 bands")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase, print JSON
     args = ap.parse_args(argv)
 
@@ -206,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_phase(args.phase, paths, args.chunk_mb, out)))
         return 0
 
+    if args.accuracy:
+        return sample_accuracy(paths, args.accuracy, args.chunk_mb)
     total = sum(p.stat().st_size for p in paths)
     import dask
     import h5py
@@ -246,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu_vs_numpy_read']:8.0%} {r['peak_rss'] / 1e6:8.0f} MB  "
               f"{r['load_before']:.2f} -> {r['load_after']:.2f}")
     by = {r["phase"]: r for r in results}
-    for stage in ("stats", "tiles"):
-        if f"{stage}-proc-1" in by and f"{stage}-proc-2" in by:
-            speedup = by[f"{stage}-proc-1"]["seconds"] / by[f"{stage}-proc-2"]["seconds"]
+    for stage in ("stats", "tiles", "stats-s4"):
+        one, two = (stage.replace("-", f"-proc-{n}-") if "-" in stage else f"{stage}-proc-{n}"
+                    for n in (1, 2))
+        if one in by and two in by:
+            speedup = by[one]["seconds"] / by[two]["seconds"]
             print(f"{stage}: speed-up 1 -> 2 worker processes {speedup:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"bytes": total, "files": len(paths),

@@ -103,10 +103,14 @@ def format_file(info: dict[str, Any], all_bands: bool = False) -> str:
     if stats:
         pct = stats.get("percentiles", {})
         tol = stats.get("percentile_tolerance", {})
+        sample = stats.get("percentile_sample") or {}
+        ranks = [v for v in (sample.get("rank_tolerance") or {}).values() if v is not None]
+        sampled = (f"; histogram of 1 pixel in {sample.get('every')}: rank within "
+                   f"{max(ranks):.3g} percentile points" if ranks else "")
         lines.append(
             f"  statistics of the {len(stats.get('products', []))} training products "
             f"(percentile tolerance {tol.get('relative', 0):.3g} relative"
-            f" + {tol.get('absolute', 0):.3g}):"
+            f" + {tol.get('absolute', 0):.3g}{sampled}):"
         )
         names = info.get("band_names") or stats.get("band_names")
         head = ["band", "name/wl", "count", "min", "max", "mean", "std", "p0.1", "p99.9"]

@@ -28,6 +28,13 @@ and a fixed-edge histogram for percentiles, all from one fused pass over each bl
 overflow bin has no guarantee and is listed in ``stats.json`` under
 ``percentile_tolerance.unbounded``. Invalid values (NaN, inf, masked pixels) are ignored.
 
+**Sampled histogram** (``hist_sample: k`` > 1, faster): the histogram counts one pixel in each
+run of k samples of a line, picked by a hash of (product file name, line, run)
+(:func:`sample_rows`); everything else still takes every value. The percentiles then also
+carry a rank tolerance: with probability 0.999 the estimate of percentile q lies between the
+exact ones at q - t and q + t, t from :func:`rank_tolerance`, written per percentile to
+``stats.json`` under ``percentile_sample``. ``hist_sample: 1`` (the default) is the exact mode.
+
 CLI: ``python -m pipeline.stats --params params.yaml --dataset S --split data/split/S.json
 --out data/stats/S.json [--scheduler threads|processes|synchronous|tcp://h:8786]``.
 Params ``stats`` + ``datasets.<name>.stats`` (:class:`StatsParams`).
@@ -38,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +80,10 @@ class StatsParams:
     percentiles: percentiles (in %) written to stats.json; 0.1 and 99.9 are always added.
     hist_mantissa_bits, hist_min_exponent, hist_max_exponent: float histogram resolution
         and window (see the module docstring for the tolerance they give).
+    hist_sample: 1 = every valid value goes into the histogram (exact percentiles, bin
+        tolerance aside); k > 1 = one pixel in each run of k samples of a line (faster; the
+        percentiles then also carry a rank tolerance, written to stats.json). Counts, min,
+        max, mean and std always take every value.
     """
 
     scheduler: str = "threads"
@@ -83,6 +95,7 @@ class StatsParams:
     hist_mantissa_bits: int = 7
     hist_min_exponent: int = -16
     hist_max_exponent: int = 16
+    hist_sample: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.hist_mantissa_bits <= 12:
@@ -91,6 +104,8 @@ class StatsParams:
             raise ValueError("need -126 <= hist_min_exponent < hist_max_exponent <= 127")
         if self.chunk_mb <= 0 or self.task_mb <= 0 or self.workers < 0 or self.task_lines < 0:
             raise ValueError("chunk_mb and task_mb must be > 0, workers and task_lines >= 0")
+        if not 1 <= self.hist_sample <= 64:
+            raise ValueError("hist_sample must be in 1..64 (1 = every value)")
         if any(not 0.0 <= q <= 100.0 for q in self.percentiles):
             raise ValueError("percentiles must lie in [0, 100]")
         check_scheduler(self.scheduler)
@@ -98,7 +113,8 @@ class StatsParams:
     @property
     def histogram(self) -> HistogramSpec:
         return HistogramSpec(
-            "float", self.hist_mantissa_bits, self.hist_min_exponent, self.hist_max_exponent
+            "float", self.hist_mantissa_bits, self.hist_min_exponent, self.hist_max_exponent,
+            self.hist_sample,
         )
 
 
@@ -113,12 +129,15 @@ class HistogramSpec:
 
     kind ``"uint16"``: 65536 bins, bin i holds the integer value i (exact percentiles).
     kind ``"float"``: log-linear bins from the float32 bit pattern (module docstring).
+    sample: which pixels the histogram counts: all (1), or one in each run of ``sample``
+    samples of a line (:func:`sample_rows`).
     """
 
     kind: str = "float"
     mantissa_bits: int = 7
     min_exponent: int = -16
     max_exponent: int = 16
+    sample: int = 1
 
     @property
     def n_magnitude(self) -> int:
@@ -191,6 +210,7 @@ class HistogramSpec:
         return {
             "kind": self.kind, "mantissa_bits": self.mantissa_bits,
             "min_exponent": self.min_exponent, "max_exponent": self.max_exponent,
+            "sample": self.sample,
         }
 
 
@@ -198,8 +218,57 @@ def histogram_spec_for(dtype: np.dtype, float_spec: HistogramSpec) -> HistogramS
     """The histogram layout for data of ``dtype``: exact bins for (u)int8/uint16, else float."""
     dtype = np.dtype(dtype)
     if dtype.kind in "u" and dtype.itemsize <= 2:
-        return HistogramSpec("uint16")
+        return HistogramSpec("uint16", sample=float_spec.sample)
     return float_spec
+
+
+def sample_rows(lines: int, samples: int, line0: int, every: int, seed: int = 0) -> np.ndarray:
+    """Pixels of a block of ``lines`` x ``samples`` starting at product line ``line0`` that
+    the histogram counts (flat indices, increasing): in each run of ``every`` samples of a
+    line, the one a hash of (seed, line, run) picks. Depends on the product (``seed``, see
+    :func:`product_seed`) and its line, not on the block, so any blocking gives the same
+    pixels; every pixel has the chance 1/every."""
+    runs = -(-samples // every)
+    line = np.arange(line0, line0 + lines, dtype=np.uint64)[:, None]
+    run = np.arange(runs, dtype=np.uint64)[None, :]
+    h = (line * np.uint64(0x9E3779B97F4A7C15) + run * np.uint64(0xC2B2AE3D27D4EB4F)
+         + np.uint64(seed * 0x165667B19E3779F9 % 2**64))
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64
+        h ^= h >> np.uint64(shift)
+        h *= np.uint64(mult)
+    h ^= h >> np.uint64(31)
+    pick = (run * np.uint64(every) + h % np.uint64(every)).astype(np.int64)
+    flat = np.arange(lines, dtype=np.int64)[:, None] * samples + pick
+    return flat[pick < samples]
+
+
+def product_seed(path: str | Path) -> int:
+    """The sampled histogram's seed of a product: from its file name (the same on every
+    machine), so that copies or look-alike products do not share their picks."""
+    return zlib.crc32(Path(path).name.encode("utf-8"))
+
+
+def rank_tolerance(q: float, m: int, alpha: float = 1e-3) -> float:
+    """Rank tolerance (percentile points) of the ``q`` % percentile of a sampled histogram
+    holding ``m`` values: with probability >= 1 - alpha the estimate lies between the exact
+    percentiles at q - t and q + t (bin tolerance aside). Bernstein's inequality for the
+    empirical CDF at the two points that bound the error (each pick independent and uniform
+    in its run, so the variance there is at most F (1 - F)), capped by Hoeffding's; both
+    union-bounded over the two points. ``inf`` when m is 0."""
+    if m <= 0:
+        return math.inf
+    log = math.log(4.0 / alpha)
+    hoeffding = math.sqrt(log / (2.0 * m))
+    p, t = q / 100.0, 0.0
+    for _ in range(50):  # t = bernstein(variance at p -+ t): a fixed point, reached upwards
+        lo, hi = max(p - t, 0.0), min(p + t, 1.0)
+        var = 0.25 if lo <= 0.5 <= hi else max(lo * (1.0 - lo), hi * (1.0 - hi))
+        new = (log / 3.0 + math.sqrt(log * log / 9.0 + 2.0 * m * var * log)) / m
+        if new - t <= 1e-15 or new >= hoeffding:
+            t = new
+            break
+        t = new
+    return 100.0 * min(hoeffding, t)
 
 
 # --------------------------------------------------------------------------------------
@@ -326,7 +395,7 @@ class BandStats:
         rep = self.spec.representatives(self.minimum, self.maximum)
         cum = np.cumsum(self.hist, axis=1)
         for b in range(bands):
-            n = int(self.count[b])
+            n = int(cum[b, -1])  # = count, unless the histogram takes a sample
             if n == 0:
                 continue
             rank = qs / 100.0 * (n - 1)
@@ -389,9 +458,13 @@ class StatsAccumulator:
         self._hi = np.full(bands, -np.inf, np.float32)
         self._moments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def add(self, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+    def add(self, block: np.ndarray, valid: np.ndarray | None = None, line0: int = 0,
+            seed: int = 0) -> None:
         """Add ``block`` (B, ...) ignoring NaN/inf and pixels where ``valid`` (block.shape[1:])
-        is False. One fused pass in the block's own memory order (no copy of a view)."""
+        is False. One fused pass in the block's own memory order (no copy of a view).
+        ``line0``: the product line of the block's first line (a (B, lines, samples) block;
+        a block of other shape counts as one line) and ``seed`` (:func:`product_seed`) pick
+        the histogram's sample."""
         from pipeline import stats_kernels as k
 
         bands = block.shape[0]
@@ -408,15 +481,22 @@ class StatsAccumulator:
         ref, invalid = np.empty(bands), np.zeros(bands, np.int64)
         s1, s2 = np.zeros(bands), np.zeros(bands)
         spec = self.spec
+        sampled = spec.sample > 1
+        rows = np.empty(0, np.int64)
+        if sampled:
+            lines, samples = block.shape[1:] if block.ndim == 3 else (1, x.shape[0])
+            rows = sample_rows(lines, samples, line0, spec.sample, seed)
         if spec.kind == "uint16":
             x = x.astype(np.uint16, copy=False)
-            k.accumulate_uint16(x, mask, ref, invalid, s1, s2, self._lo, self._hi, self._hist)
+            k.accumulate_uint16(x, mask, rows, sampled, ref, invalid, s1, s2, self._lo,
+                                self._hi, self._hist)
         else:
             x = x.astype(np.float32, copy=False)
             first = ((127 + spec.min_exponent) << spec.mantissa_bits) - 1
-            k.accumulate_float(x, x.view(np.int32), mask, 23 - spec.mantissa_bits, first,
-                               spec.n_magnitude + 1, spec.center, ref, invalid, s1, s2,
-                               self._lo, self._hi, self._hist)
+            k.accumulate_float(x, x.view(np.int32), mask, rows, sampled,
+                               23 - spec.mantissa_bits, first, spec.n_magnitude + 1,
+                               spec.center, ref, invalid, s1, s2, self._lo, self._hi,
+                               self._hist)
         count = x.shape[0] - invalid
         has = count > 0
         n = np.maximum(count, 1)
@@ -495,8 +575,9 @@ def _add_product(acc: StatsAccumulator | None, source: str, path: str | Path,
         raise UserError(f"{path}: {product.bands} bands of {np.dtype(product.dtype)}, the "
                         f"products before it have {acc.bands} (products do not agree)")
     per_block = product.lines_for_bytes(chunk_mb * 1e6)
-    for _, data, valid in product.iter_blocks(per_block, start, stop, reuse=True):
-        acc.add(data, valid)
+    seed = product_seed(path)
+    for line0, data, valid in product.iter_blocks(per_block, start, stop, reuse=True):
+        acc.add(data, valid, line0, seed)
     return acc
 
 
@@ -649,10 +730,28 @@ def stats_document(
             "unbounded": {format_q(q): np.flatnonzero(unbounded[i]).tolist()
                           for i, q in enumerate(qs) if unbounded[i].any()},
         },
+        **_sample_tolerance(stats, qs),
         "histogram": stats.spec.to_dict(),
     }
     doc.update(meta or {})
     return doc
+
+
+def _sample_tolerance(stats: BandStats, qs: Sequence[float]) -> dict[str, Any]:
+    """stats.json's ``percentile_sample`` when the histogram took a sample (else nothing):
+    the worst band's rank tolerance per percentile (:func:`rank_tolerance`)."""
+    if stats.spec.sample == 1:
+        return {}
+    held = stats.hist.sum(axis=1)
+    m = int(held[held > 0].min()) if (held > 0).any() else 0
+    return {"percentile_sample": {
+        "every": stats.spec.sample,
+        "histogram_values_min": m,
+        "confidence": 0.999,
+        "rank_tolerance": {format_q(q): rank_tolerance(q, m) if m else None for q in qs},
+        "rule": "the estimate of percentile q lies between the exact percentiles at "
+                "q - rank_tolerance[q] and q + rank_tolerance[q] (bin tolerance aside)",
+    }}
 
 
 def product_metadata(
