@@ -4,6 +4,7 @@
     python benchmarks/bench_stats.py --gb 8          # the 4x run (linear time, flat memory)
     python benchmarks/bench_stats.py --gb 0.2        # a quick check
     python benchmarks/bench_stats.py --accuracy 4    # sampled percentiles vs exact ones
+    python benchmarks/bench_stats.py --kernel        # the statistics kernel and its fixed cost
 
 Synthetic calibrated VIRTIS-M VIS cubes (432 bands x 256 samples x ``--lines`` lines,
 big-endian float32 with special values, as the reader sees real .CAL products) are written
@@ -210,6 +211,64 @@ def sample_accuracy(paths: list[Path], every: int, chunk_mb: float) -> int:
     return 0
 
 
+FRESH = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from pipeline.stats import HistogramSpec, StatsAccumulator
+t1 = time.perf_counter()
+import pipeline.stats_kernels
+t2 = time.perf_counter()
+StatsAccumulator(4, HistogramSpec()).add(np.ones((4, 2, 2), np.float32))
+t3 = time.perf_counter()
+print(f"fresh process: import pipeline.stats {t1 - t0:.2f} s, then numba + the kernels "
+      f"module {t2 - t1:.2f} s, first call (cached kernels loaded) {t3 - t2:.2f} s")
+"""
+
+
+def kernel_times(paths: list[Path], chunk_mb: float) -> int:
+    """Print numba's fixed cost, StatsAccumulator.add per cube (best of 7, one core) for
+    hist_sample 1, 2, 4, 8, and compute_stats on 2 threads once everything is loaded."""
+    from pipeline.products import ProductRef, open_product
+    from pipeline.stats import HistogramSpec, StatsAccumulator, compute_stats, make_tasks
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for _ in range(2):  # the first may compile and cache the kernels
+        run = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True,
+                             env=env, check=True)
+    print(run.stdout.strip())
+    product = open_product("virtis", paths[1])
+    blocks = [(a, np.array(d, order="K")) for a, d, _ in
+              product.iter_blocks(product.lines_for_bytes(chunk_mb * 1e6))]
+    mb = sum(d.nbytes for _, d in blocks) / 1e6
+    sampled = "sample" in HistogramSpec.__dataclass_fields__  # older commits: exact only
+    for k in (1, 2, 4, 8) if sampled else (1,):
+        best = np.inf
+        spec = HistogramSpec(sample=k) if k > 1 else HistogramSpec()
+        for _ in range(8):  # the first loads the kernels
+            acc = StatsAccumulator(BANDS, spec)
+            t = time.perf_counter()
+            for a, d in blocks:
+                acc.add(d, None, a) if k > 1 else acc.add(d, None)
+            best = min(best, time.perf_counter() - t)
+        print(f"hist_sample {k}: StatsAccumulator.add {best:.4f} s per {mb:.0f} MB cube "
+              f"({mb / best:.0f} MB/s, one core)")
+    refs = [ProductRef(p.name, p) for p in paths]
+    total = sum(p.stat().st_size for p in paths) / 1e6
+    for k in (1, 4) if sampled else (1,):
+        best = np.inf
+        spec = HistogramSpec(sample=k) if k > 1 else HistogramSpec()
+        for _ in range(3):
+            t = time.perf_counter()
+            compute_stats("virtis", make_tasks("virtis", refs), spec,
+                          "threads", 2, chunk_mb, progress=False)
+            best = min(best, time.perf_counter() - t)
+        print(f"hist_sample {k}: compute_stats on 2 threads, warm, {best:.2f} s "
+              f"({total / best:.0f} MB/s)")
+    return 0
+
+
 def rank_and_value_error(row: np.ndarray, q: float, estimate: float) -> tuple[float, float]:
     """How far (percentile points) ``estimate`` lies from rank q of the sorted ``row``, and
     its relative error against np.percentile."""
@@ -253,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accuracy", type=int, metavar="K",
                     help="instead of timing: rank errors of the percentiles of a histogram "
                          "sampling 1 pixel in K, against the exact percentiles of 8 bands")
+    ap.add_argument("--kernel", action="store_true",
+                    help="instead of the phases: the statistics kernel per cube (exact and "
+                         "sampled), numba's fixed cost in a fresh process, and the warm "
+                         "2-thread statistics (no fixed cost)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase, print JSON
     args = ap.parse_args(argv)
 
@@ -265,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.accuracy:
         return sample_accuracy(paths, args.accuracy, args.chunk_mb)
+    if args.kernel:
+        return kernel_times(paths, args.chunk_mb)
     total = sum(p.stat().st_size for p in paths)
     import dask
     import h5py
