@@ -17,6 +17,12 @@ SPEC = HistogramSpec()
 QS = [0.0, 0.1, 1.0, 25.0, 50.0, 99.0, 99.9, 100.0]
 
 
+def pixel_major(data: np.ndarray, yes: bool = True) -> np.ndarray:
+    """``data`` (B, L, S) as a view of a BIP buffer (bands contiguous), like the reader's
+    VIRTIS blocks; ``yes=False``: ``data`` itself."""
+    return np.ascontiguousarray(data.transpose(1, 2, 0)).transpose(2, 0, 1) if yes else data
+
+
 def reference(x: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Full-array numpy statistics in float64 (NaN/inf and masked values ignored)."""
     x64 = x.astype(np.float64).reshape(x.shape[0], -1)
@@ -95,13 +101,12 @@ def test_chunked_merge_equals_numpy(data, cuts):
     data=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)),
                     elements=floats),
     mask=st.data(),
-    pixel_major=st.booleans(),
+    pixel_major_order=st.booleans(),
 )
-def test_fused_histogram_equals_the_numpy_bin_rule(data, mask, pixel_major):
+def test_fused_histogram_equals_the_numpy_bin_rule(data, mask, pixel_major_order):
     """The one-pass kernel bins every value as HistogramSpec.bin_index does, in any layout."""
     valid = mask.draw(st.none() | hnp.arrays(bool, data.shape[1:]))
-    block = np.ascontiguousarray(data.transpose(1, 2, 0)).transpose(2, 0, 1) if pixel_major \
-        else data
+    block = pixel_major(data, pixel_major_order)
     stats = BandStats.from_block(block, SPEC, valid)
     ok = np.isfinite(data)
     if valid is not None:

@@ -17,6 +17,7 @@ from pipeline.stats import (
     rank_tolerance,
     sample_rows,
 )
+from tests.pipeline.test_stats import pixel_major
 
 floats = st.one_of(
     st.floats(-1e4, 1e4, width=32),
@@ -64,17 +65,16 @@ def test_sample_rows_fraction_and_spread():
     data=hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 13)),
                     elements=floats),
     mask=st.data(),
-    pixel_major=st.booleans(),
+    bip=st.booleans(),
     every=st.sampled_from([2, 3, 4]),
     line0=st.integers(0, 50),
 )
-def test_sampled_histogram_counts_exactly_the_picked_values(data, mask, pixel_major, every,
+def test_sampled_histogram_counts_exactly_the_picked_values(data, mask, bip, every,
                                                             line0):
     """The histogram holds the bins of the picked pixels' valid values; counts, invalid
     counts, min, max and moments are those of every value, to the bit, as in exact mode."""
     valid = mask.draw(st.none() | hnp.arrays(bool, data.shape[1:]))
-    block = np.ascontiguousarray(data.transpose(1, 2, 0)).transpose(2, 0, 1) if pixel_major \
-        else data
+    block = pixel_major(data, bip)
     spec = HistogramSpec(sample=every)
     sampled = partial_of(block, spec, valid, line0)
     exact = partial_of(block, HistogramSpec(), valid, line0)
@@ -96,12 +96,11 @@ def test_sampled_histogram_counts_exactly_the_picked_values(data, mask, pixel_ma
 @given(
     data=hnp.arrays(np.uint16, st.tuples(st.integers(1, 3), st.integers(1, 8), st.integers(1, 9))),
     mask=st.data(),
-    pixel_major=st.booleans(),
+    bip=st.booleans(),
 )
-def test_sampled_uint16_histogram(data, mask, pixel_major):
+def test_sampled_uint16_histogram(data, mask, bip):
     valid = mask.draw(st.none() | hnp.arrays(bool, data.shape[1:]))
-    block = np.ascontiguousarray(data.transpose(1, 2, 0)).transpose(2, 0, 1) if pixel_major \
-        else data
+    block = pixel_major(data, bip)
     sampled = partial_of(block, HistogramSpec("uint16", sample=3), valid, 7)
     exact = partial_of(block, HistogramSpec("uint16"), valid, 7)
     np.testing.assert_array_equal(sampled.m2s, exact.m2s)
@@ -121,7 +120,7 @@ def test_large_pixel_major_block_with_a_mask_matches_exact_mode():
     data = rng.lognormal(0, 1, size=(37, 61, 29)).astype(np.float32)
     data[:, 5:9, 3] = np.nan
     valid = rng.random((61, 29)) > 0.02
-    block = np.ascontiguousarray(data.transpose(1, 2, 0)).transpose(2, 0, 1)
+    block = pixel_major(data)
     exact = partial_of(block, HistogramSpec(), valid)
     sampled = partial_of(block, HistogramSpec(sample=4), valid)
     for name in ("invalid", "minimum", "maximum", "counts", "means", "m2s"):
