@@ -73,14 +73,19 @@ def check_percentiles(stats: BandStats, b: int, row: np.ndarray) -> None:
 
 floats = st.one_of(
     st.floats(-1e4, 1e4, width=32),
-    st.sampled_from([np.nan, np.nan, 0.0, -0.0, 1e-7, -3e5, 2.5e5, np.inf]),
+    st.sampled_from([np.nan, np.nan, 0.0, -0.0, 1e-7, -3e5, 2.5e5, np.inf, -np.inf]),
 )
+
+
+def float_blocks(bands: int, lines: int, samples: int) -> st.SearchStrategy[np.ndarray]:
+    """float32 (B, L, S) blocks of up to these sizes, NaN, inf and signed zeros included."""
+    shape = st.tuples(st.integers(1, bands), st.integers(1, lines), st.integers(1, samples))
+    return hnp.arrays(np.float32, shape, elements=floats)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    data=hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 7)),
-                    elements=floats),
+    data=float_blocks(4, 9, 7),
     cuts=st.lists(st.integers(0, 9), max_size=4),
 )
 def test_chunked_merge_equals_numpy(data, cuts):
@@ -98,8 +103,7 @@ def test_chunked_merge_equals_numpy(data, cuts):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    data=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)),
-                    elements=floats),
+    data=float_blocks(5, 6, 6),
     mask=st.data(),
     pixel_major_order=st.booleans(),
 )

@@ -17,12 +17,7 @@ from pipeline.stats import (
     rank_tolerance,
     sample_rows,
 )
-from tests.pipeline.test_stats import pixel_major
-
-floats = st.one_of(
-    st.floats(-1e4, 1e4, width=32),
-    st.sampled_from([np.nan, 0.0, -0.0, 1e-7, -3e5, 2.5e5, np.inf, -np.inf]),
-)
+from tests.pipeline.test_stats import float_blocks, pixel_major
 
 
 def partial_of(block: np.ndarray, spec: HistogramSpec, valid=None, line0: int = 0):
@@ -62,8 +57,7 @@ def test_sample_rows_fraction_and_spread():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    data=hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 13)),
-                    elements=floats),
+    data=float_blocks(4, 9, 13),
     mask=st.data(),
     bip=st.booleans(),
     every=st.sampled_from([2, 3, 4]),
