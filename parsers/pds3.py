@@ -317,6 +317,11 @@ class Cube(CubeAccess):
         case: -1000..-1004 below -999) need no comparison of their own.
         """
         lo, hi = self.valid_min, self.valid_max
+        inside = [v for v in self.specials.values()
+                  if not ((lo is not None and v < lo) or (hi is not None and v > hi))]
+        if not inside and x.size and (lo is None or x.min() >= lo) and (
+                hi is None or x.max() <= hi):
+            return None  # the usual chunk: one read-only pass instead of a mask and a scan
         mask = None if lo is None else np.less(x, lo)
         if hi is not None:
             mask = np.greater(x, hi) if mask is None else np.logical_or(

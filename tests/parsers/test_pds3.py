@@ -509,3 +509,21 @@ def test_load_allocates_the_output_once_plus_small_chunks(tmp_path):
     overhead = peak - base - out.nbytes
     assert overhead < 8 * 2**20, f"load() used {overhead / 2**20:.1f} MiB beyond its output"
     np.testing.assert_array_equal(out, core)
+
+
+def test_valid_range_both_ends_chunk_by_chunk(tmp_path):
+    """Chunks without an invalid value take the quick min/max check; the others are masked:
+    values beyond either end of the valid range become NaN, nothing else changes."""
+    core = RNG.uniform(-900, 900, (6, 9, 7)).astype(">f4")  # (B, L, S)
+    core[2, 4, 1] = 5000.0   # above the maximum
+    core[5, 8, 6] = -1003.0  # a VIRTIS-like special below the minimum
+    core[0, 0, 0] = 1000.0   # the maximum itself is valid
+    kw = [("CORE_VALID_MINIMUM", Raw("-999.0")), ("CORE_VALID_MAXIMUM", Raw("1000.0")),
+          ("CORE_NULL", Raw("-1003.0"))]
+    path = write_qube_product(tmp_path / "r.qub", core, core_dtype=">f4", core_keywords=kw)
+    cube = pds3.read(path)
+    want = core.astype(np.float32)
+    want[2, 4, 1] = want[5, 8, 6] = np.nan
+    np.testing.assert_array_equal(cube.load(), want)
+    got = np.concatenate([cube.read_lines(a, min(a + 2, 9)) for a in range(0, 9, 2)], axis=1)
+    np.testing.assert_array_equal(got, want)
