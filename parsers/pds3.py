@@ -326,9 +326,7 @@ class Cube(CubeAccess):
         if hi is not None:
             mask = np.greater(x, hi) if mask is None else np.logical_or(
                 mask, np.greater(x, hi), out=mask)
-        for v in self.specials.values():
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                continue
+        for v in inside:
             mask = np.equal(x, v) if mask is None else np.logical_or(
                 mask, np.equal(x, v), out=mask)
         return mask

@@ -192,11 +192,7 @@ def accumulate_float(x, bits, valid, rows, sampled, shift, first, top, center,
                 mx = max(mx, v)
                 if inhist[p]:
                     h[_key(bits[p, b], shift, first, top, center)] += 1
-            s1[b] += a1
-            s2[b] += a2
-            invalid[b] += bad
-            lo[b] = mn
-            hi[b] = mx
+            _band_done(b, a1, a2, bad, mn, mx, s1, s2, invalid, lo, hi)
         return
     _pixel_major(x, bits, valid, rule, ref, invalid, s1, s2, lo, hi, hist, not sampled)
     if not sampled:
@@ -213,6 +209,16 @@ def accumulate_float(x, bits, valid, rows, sampled, shift, first, top, center,
                 k = _key(bits[p, b], shift, first, top, center)
                 keys[q - q0, b] = k if x[p, b] - x[p, b] == 0.0 else trash
         _scatter(keys.T, q1 - q0, hist)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _band_done(b, a1, a2, bad, mn, mx, s1, s2, invalid, lo, hi):  # pragma: no cover
+    """Add one band's sums over a band-major block to the accumulators."""
+    s1[b] += a1
+    s2[b] += a2
+    invalid[b] += bad
+    lo[b] = mn
+    hi[b] = mx
 
 
 @njit(nogil=True, cache=True)
@@ -251,11 +257,7 @@ def accumulate_uint16(x, valid, rows, sampled, ref, invalid, s1, s2, lo, hi,
                 mx = max(mx, np.float32(v))
                 if inhist[p]:
                     h[v] += 1
-            s1[b] += a1
-            s2[b] += a2
-            invalid[b] += bad
-            lo[b] = mn
-            hi[b] = mx
+            _band_done(b, a1, a2, bad, mn, mx, s1, s2, invalid, lo, hi)
         return
     for p in range(n_pix):
         if masked and not valid[p]:
