@@ -264,10 +264,10 @@ def rank_tolerance(q: float, m: int, alpha: float = 1e-3) -> float:
         lo, hi = max(p - t, 0.0), min(p + t, 1.0)
         var = 0.25 if lo <= 0.5 <= hi else max(lo * (1.0 - lo), hi * (1.0 - hi))
         new = (log / 3.0 + math.sqrt(log * log / 9.0 + 2.0 * m * var * log)) / m
-        if new - t <= 1e-15 or new >= hoeffding:
-            t = new
-            break
+        settled = new - t <= 1e-15 or new >= hoeffding
         t = new
+        if settled:
+            break
     return 100.0 * min(hoeffding, t)
 
 
