@@ -30,6 +30,9 @@ Phases:
   tiles-proc-1/2  pipeline.tiles of every cube into one HDF5 (64 x 64 tiles, the default
                   codec of params.yaml), "processes" scheduler, 1 / 2 workers
   tiles-thr-2     the same with 2 threads (each compresses its own tiles; the GIL is released)
+  write-buffered  the machine's floor for writing: as many bytes as the cubes hold, written
+                  to a new file in 32 MB pieces through the page cache, then fsync
+  write-direct    the same with O_DIRECT (what the tile writer uses where it can)
 """
 
 from __future__ import annotations
@@ -156,6 +159,9 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
             stats = compute_stats("virtis", tasks, spec, scheduler, int(workers), chunk_mb,
                                   progress=False)
             assert int(stats.count.sum()) > 0
+        elif phase.startswith("write-"):
+            write_floor(out / "floor.bin", sum(p.stat().st_size for p in paths),
+                        direct=phase == "write-direct")
         elif phase.startswith("tiles-"):
             from pipeline.tiles import write_split_tiles
 
@@ -170,6 +176,24 @@ def run_phase(phase: str, paths: list[Path], chunk_mb: float, out: Path) -> dict
     cpu = own.ru_utime + own.ru_stime + sum(mem.child_cpu.values())
     return {"phase": phase, "seconds": seconds, "peak_rss": mem.peak, "load_before": load,
             "load_after": os.getloadavg()[0], "cpu_s": cpu}
+
+
+def write_floor(path: Path, total: int, direct: bool) -> None:
+    """Write ``total`` bytes to a new file in 32 MB pieces, then fsync it."""
+    import mmap
+
+    piece = 32 << 20
+    buf = mmap.mmap(-1, piece, flags=mmap.MAP_PRIVATE)  # page-aligned, as O_DIRECT needs
+    buf.write(bytes(range(256)) * (piece // 256))  # not zeros: no layer may skip them
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_DIRECT if direct else 0), 0o644)
+    try:
+        for pos in range(0, total - total % piece, piece):
+            os.pwrite(fd, buf, pos)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink()
 
 
 def sample_accuracy(paths: list[Path], every: int, chunk_mb: float) -> int:
