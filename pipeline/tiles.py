@@ -445,7 +445,7 @@ class TileWriter:
         tmp = self._ctx.__enter__()
         try:
             # HDF5 crashes closing a file whose write failed: GuardedFile keeps it alive.
-            self._guard = GuardedFile(tmp)
+            self._guard = GuardedFile(tmp, direct=True)
             # libver v110+: attributes larger than 64 KiB (432-band statistics as JSON).
             self.file = h5py.File(self._guard, "w", libver=("v110", "latest"))
             specs = self.layout.datasets()
