@@ -17,12 +17,14 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import mmap
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,15 +123,27 @@ def vax_f_to_float32(words: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pread_exact(fh: Any, buf: np.ndarray, offset: int) -> None:
-    """Fill ``buf`` (uint8) from byte ``offset`` of the open file ``fh`` (OSError on EOF)."""
-    view = memoryview(buf)
-    done = 0
-    while done < len(view):
-        got = os.preadv(fh.fileno(), [view[done:]], offset + done)
-        if got == 0:
-            raise OSError(f"file ends {len(view) - done} bytes early")
-        done += got
+@contextlib.contextmanager
+def _mapped(path: Path, offset: int, nbytes: int) -> Iterator[np.ndarray]:
+    """Bytes [offset, offset + nbytes) of ``path`` as a read-only uint8 array over a mapping
+    of the page cache (no copy; pages faulted in up front where the platform can).
+
+    OSError when the file is shorter than that (a read of a mapped page past the end would
+    kill the process with SIGBUS instead).
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < offset + nbytes:
+            raise OSError(f"file ends {offset + nbytes - size} bytes early")
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(fh.fileno(), offset + nbytes - start, offset=start,
+                       flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                       prot=mmap.PROT_READ)
+    try:
+        yield np.frombuffer(mm, np.uint8, count=nbytes, offset=offset - start)
+    finally:
+        with contextlib.suppress(BufferError):  # a view outlived the read: freed with it
+            mm.close()
 
 
 # --------------------------------------------------------------------------- label access
@@ -413,9 +427,9 @@ class Cube(CubeAccess):
     def read_lines(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """float32 ``(B, stop - start, S)``: streaming access by lines.
 
-        When lines are the outermost axis of the file (BIP, BIL) the lines are read with
-        positioned reads of about 512 KiB into a reused buffer and converted while in cache;
-        the result is then a ``(B, n, S)`` view of a buffer in file order (like
+        When lines are the outermost axis of the file (BIP, BIL) the lines are converted
+        straight from a mapping of the file (no copy out of the page cache), 512 KiB at a
+        time; the result is then a ``(B, n, S)`` view of a buffer in file order (like
         :meth:`load`). ``out``: a float32 C-contiguous ``(n,) + line_shape`` buffer to fill
         instead of allocating one (a streaming caller reuses it block after block).
         """
@@ -433,22 +447,23 @@ class Cube(CubeAccess):
         return result
 
     def _read_line_range(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Convert file lines [start, stop) into ``out`` (file order), 512 KiB at a time."""
+        """Convert file lines [start, stop) into ``out`` (file order), 512 KiB at a time,
+        straight from a mapping of the page cache."""
         self._build()
         plane = self._dtypes["plane"]
         size = plane.itemsize
         step = max(1, _CHUNK_BYTES // size)
-        raw = np.empty(min(step, max(stop - start, 1)) * size, dtype=np.uint8)
+        if stop <= start:
+            return
         try:
-            with open(self.data_path, "rb", buffering=0) as fh:
-                for a in range(start, stop, step):
-                    n = min(stop, a + step) - a
-                    buf = raw[:n * size]
-                    _pread_exact(fh, buf, self.offset + a * size)
-                    core = buf.view(plane)["rows"]["core"]
-                    if self.core_dtype is VAX_F:
-                        core = core["vax_f"]
-                    self._convert_into(core, out[a - start:a - start + n])
+            with _mapped(self.data_path, self.offset + start * size,
+                         (stop - start) * size) as raw:
+                lines = raw.view(plane)["rows"]["core"]
+                if self.core_dtype is VAX_F:
+                    lines = lines["vax_f"]
+                for a in range(0, stop - start, step):
+                    self._convert_into(lines[a:a + step], out[a:a + step])
+                del lines
         except OSError as exc:
             raise ProductError(self.data_path, f"cannot read lines {start}:{stop}: "
                                                f"{exc.strerror or exc}") from None

@@ -71,6 +71,19 @@ def test_read_lines_vax_and_scaling(tmp_path, chunk_bytes):
                                   100 + 0.5 * ints[:, 2:7].astype(np.float32))
 
 
+@pytest.mark.parametrize("record_bytes", [1, 512])
+def test_read_lines_at_any_offset_of_the_mapping(tmp_path, chunk_bytes, record_bytes):
+    # 1400-byte lines: most ranges start inside a page; record_bytes=1 puts the core at an
+    # odd offset, so the mapped values are not even 4-byte aligned
+    core = RNG.normal(size=(7, 300, 50)).astype(">f4")
+    path = write_qube_product(tmp_path / "t.qub", core, interleave="BIP", core_dtype=">f4",
+                              record_bytes=record_bytes, top_keywords=[("NOTE", '"odd"')])
+    cube = pds3.read(path)
+    assert cube.offset % 4 != 0 if record_bytes == 1 else cube.offset % 512 == 0
+    for a, b in [(0, 300), (123, 250), (299, 300), (47, 48)]:
+        np.testing.assert_array_equal(cube.read_lines(a, b), core[:, a:b].astype(np.float32))
+
+
 def test_file_cut_after_open_is_a_product_error(tmp_path):
     core = RNG.normal(size=(4, 10, 6)).astype(np.float32)
     path = write_qube_product(tmp_path / "t.qub", core, interleave="BIP", record_bytes=1)
