@@ -350,9 +350,8 @@ class GuardedFile:
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         self.error: OSError | None = None
-        self.wanted = 0  # the size the file would have if no write had been refused
+        self.wanted = 0  # the file's size, had no write been refused (its length for seek)
         self._pos = 0
-        self._length = 0
         self._tail = _DirectTail.open(self.path, self._fd, window) if direct else None
 
     @property
@@ -366,7 +365,6 @@ class GuardedFile:
         if n == 0:
             return 0
         self._pos += n
-        self._length = max(self._length, pos + n)
         self.wanted = max(self.wanted, pos + n)
         self._guard(self._write_at, view, pos)
         return n
@@ -395,7 +393,6 @@ class GuardedFile:
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
         self.wanted = size
-        self._length = size
         self._guard(self._drain)
         if self._tail is not None:
             self._tail.truncate(size)
@@ -412,7 +409,7 @@ class GuardedFile:
             self._tail.drain()
 
     def read(self, size: int = -1) -> bytes:
-        size = max(self._length - self._pos, 0) if size < 0 else size
+        size = max(self.wanted - self._pos, 0) if size < 0 else size
         buffer = bytearray(size)
         return bytes(buffer[:self.readinto(buffer)])
 
@@ -423,7 +420,7 @@ class GuardedFile:
         return n
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        start = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        start = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.wanted}[whence]
         if start + offset < 0:
             raise OSError(errno.EINVAL, f"{self.path}: seek to a negative offset")
         self._pos = start + offset
